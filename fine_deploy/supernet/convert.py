@@ -1,0 +1,181 @@
+"""convert: a dense diffusers model folder -> a supernet (shared-factor fit + channel orders)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch import nn
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import sha256_file
+from fine_deploy.supernet.core import Supernet, backbone_class, basis_names
+from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
+from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
+
+# Cap on the default rank of a type: exact_rank (L·min(m1, m2)) reproduces the dense weights but its
+# bases outgrow the dense weights themselves for large L, so big types stop at 4·min(m1, m2).
+DEFAULT_RANK_CAP_FACTOR = 4
+
+
+def rank_ladder(max_rank: int, steps: int = 8) -> list[int]:
+    """Rank options: evenly spaced fractions of max_rank, rounded to multiples of 8 when large enough."""
+    opts = set()
+    for i in range(1, steps + 1):
+        r = max_rank * i / steps
+        q = 8 if max_rank >= 64 else 1
+        opts.add(max(1, min(max_rank, int(round(r / q)) * q)))
+    opts.add(max_rank)
+    return sorted(opts)
+
+
+def stacked_weights(model: nn.Module, t: WeightType) -> torch.Tensor:
+    """[L, m1, m2] stack of the type's matrices (conv kernels flattened to out x in*kh*kw)."""
+    mats = []
+    for m in t.matrices:
+        rows = [model.get_submodule(p.module).weight.detach().reshape(p.rows[1] - p.rows[0], -1) for p in m.parts]
+        mats.append(torch.cat(rows, 0))
+    return torch.stack(mats).float()
+
+
+def load_diffusers_model(path: Path) -> nn.Module:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FineDeployError(f"{path}: no config.json; pass a folder written by a diffusers model's save_pretrained")
+    try:
+        cls_name = json.loads(cfg_path.read_text()).get("_class_name")
+    except json.JSONDecodeError as e:
+        raise FineDeployError(f"{cfg_path}: not valid JSON ({e.msg})") from None
+    cls = backbone_class(cls_name or "<missing _class_name>")
+    try:
+        return cls.from_pretrained(str(path), use_safetensors=True).eval()
+    except (OSError, EnvironmentError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FineDeployError(f"{path}: diffusers could not load the model ({first})") from None
+
+
+def load_calibration(path: Path) -> torch.Tensor:
+    """Calibration images [N, C, H, W] in [-1, 1] from .npy (no pickles) or .safetensors (first tensor)."""
+    if path.suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise FineDeployError(f"{path}: not a readable .npy array ({e})") from None
+        x = torch.from_numpy(np.asarray(arr, dtype=np.float32))
+    elif path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        x = next(iter(load_file(str(path)).values())).float()
+    else:
+        raise FineDeployError(f"{path}: calibration data must be a .npy or .safetensors image array [N, C, H, W]")
+    if x.ndim != 4:
+        raise FineDeployError(f"{path}: calibration array has shape {list(x.shape)}; expected [N, C, H, W]")
+    return x
+
+
+def _width_section(model: nn.Module, calib: torch.Tensor | None) -> dict:
+    if type(model).__name__ != "UNet2DModel":
+        return {}
+    from fine_deploy.supernet import ofa
+
+    groups = ofa.channel_groups(model)
+    imp = ofa.channel_importance(model, groups, calib)
+    return {
+        "knobs": ofa.width_knobs(model),
+        "criterion": "gradient" if calib is not None else "magnitude",
+        "groups": [
+            {"key": g.key, "stage": g.stage, "size": g.size, "members": [list(m) for m in g.members]}
+            for g in groups
+        ],
+        "importance": {k: [float(x) for x in v] for k, v in imp.items()},
+        "orders": ofa.channel_orders(imp),
+        "allocations": {
+            f"{p:.2f}": ofa.allocate_widths(model, imp, p) for p in (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+        },
+    }
+
+
+def _depth_section(model: nn.Module) -> dict:
+    if type(model).__name__ != "DiTTransformer2DModel":
+        return {}
+    L = model.config.num_layers
+    return {"full": L, "options": list(range(max(1, math.ceil(L / 2)), L + 1)), "init": "linear-sigma"}
+
+
+def model_to_supernet(
+    model: nn.Module,
+    *,
+    max_rank: int | None = None,
+    als_iters: int = 25,
+    calib: torch.Tensor | None = None,
+    provenance: dict | None = None,
+) -> Supernet:
+    from fine_deploy.supernet.cp import fit_shared_factors, prefix_errors
+
+    types = find_types(model)
+    tensors: dict[str, torch.Tensor] = {}
+    type_specs = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("fitting shared factors", total=len(types))
+        for t in types:
+            W = stacked_weights(model, t)
+            exact = t.exact_rank()
+            cap = exact if t.layers * t.m1 * t.m2 <= (1 << 22) else DEFAULT_RANK_CAP_FACTOR * min(t.m1, t.m2)
+            R = min(exact, max_rank or cap)
+            f = fit_shared_factors(W, R, iters=als_iters)
+            R = f.U.shape[1]
+            ts = TypeSpec.from_weight_type(t, R, rank_ladder(R))
+            ts.reconstruction_error = {
+                str(r): float(e) for r, e in zip(ts.rank_options, prefix_errors(W, f, ts.rank_options), strict=True)
+            }
+            u, v = basis_names(t.name)
+            tensors[u], tensors[v] = f.U.float().contiguous(), f.V.float().contiguous()
+            for i, m in enumerate(t.matrices):
+                tensors[f"sigma.{m.name}"] = f.S[i].float().contiguous()
+            type_specs.append(ts)
+            progress.advance(task)
+    dense = dense_parameters(model, types)
+    params = dict(model.named_parameters())
+    for name in dense:
+        tensors[f"dense.{name}"] = params[name].detach().float().contiguous()
+    cfg = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    spec = SupernetSpec(
+        backbone=type(model).__name__,
+        config=json.loads(json.dumps(cfg)),
+        types=type_specs,
+        dense=dense,
+        widths=_width_section(model, calib),
+        depth=_depth_section(model),
+        provenance=provenance or {},
+    )
+    return Supernet(spec, tensors)
+
+
+def convert(
+    from_diffusers: str | Path,
+    output: str | Path,
+    *,
+    max_rank: int | None = None,
+    als_iters: int = 25,
+    calib: str | Path | None = None,
+) -> Supernet:
+    """Load a diffusers model folder, fit shared factors per type, compute channel orders, write SUPERNET."""
+    src = Path(from_diffusers)
+    if max_rank is not None and max_rank < 1:
+        raise FineDeployError(f"--max-rank must be ≥ 1, got {max_rank}")
+    model = load_diffusers_model(src)
+    x = load_calibration(Path(calib)) if calib is not None else None
+    weights = sorted(src.glob("*.safetensors"))
+    prov = {
+        "source": "diffusers",
+        "source_class": type(model).__name__,
+        "source_weights_sha256": sha256_file(weights[0]) if weights else None,
+        "als_iters": als_iters,
+    }
+    sn = model_to_supernet(model, max_rank=max_rank, als_iters=als_iters, calib=x, provenance=prov)
+    sn.save(output)
+    return sn

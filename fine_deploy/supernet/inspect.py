@@ -1,0 +1,94 @@
+"""inspect: what a supernet holds — types, ranks, widths, depth, parameter counts, fit error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from fine_deploy.supernet.core import Supernet, load_supernet
+
+
+def summary(sn: Supernet) -> dict[str, Any]:
+    spec = sn.spec
+    types = []
+    for t in spec.types:
+        types.append(
+            {
+                "name": t.name,
+                "kind": t.kind,
+                "layers": t.layers,
+                "shape": [t.m1, t.m2],
+                "kernel_size": t.kernel_size,
+                "max_rank": t.max_rank,
+                "rank_options": t.rank_options,
+                "params": {str(r): t.params_at(r) for r in t.rank_options},
+                "reconstruction_error": t.reconstruction_error,
+            }
+        )
+    dense_params = sum(sn.tensors[f"dense.{n}"].numel() for n in spec.dense)
+    typed_dense = sum(t.params_at(t.max_rank)["dense"] for t in spec.types)
+    shared_full = sum(t.params_at(t.max_rank)["shared_basis"] for t in spec.types)
+    return {
+        "schema": 1,
+        "path": str(sn.path) if sn.path else None,
+        "content_hash": sn.content_hash,
+        "backbone": spec.backbone,
+        "types": types,
+        "dense_parameters": {"count": len(spec.dense), "params": dense_params},
+        "totals": {
+            "params_dense_model": typed_dense + dense_params,
+            "params_supernet_stored": sum(v.numel() for v in sn.tensors.values()),
+            "params_typed_dense": typed_dense,
+            "params_typed_shared_basis_at_max_rank": shared_full,
+        },
+        "widths": {"knobs": spec.widths.get("knobs", {}), "criterion": spec.widths.get("criterion")},
+        "depth": spec.depth,
+        "sensitivity": spec.sensitivity or {},
+    }
+
+
+def _fmt(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
+
+
+def render(s: dict[str, Any], console: Console) -> None:
+    console.print(f"[bold]{s['backbone']}[/] supernet  {s['path'] or ''}  hash {s['content_hash'][:12]}")
+    tab = Table(title="shared-basis types (W_l = U_t·diag σ_l·V_tᵀ)")
+    for col in ("type", "kind", "L", "m1×m2", "rank options", "params dense → shared@r", "rel. error@r"):
+        tab.add_column(col, overflow="fold")
+    for t in s["types"]:
+        opts = t["rank_options"]
+        shown = [opts[0], opts[len(opts) // 2], opts[-1]] if len(opts) > 3 else opts
+        params = ", ".join(f"{_fmt(t['params'][str(r)]['shared_basis'])}@{r}" for r in shown)
+        errs = ", ".join(f"{t['reconstruction_error'].get(str(r), float('nan')):.2g}@{r}" for r in shown)
+        tab.add_row(
+            t["name"], t["kind"], str(t["layers"]), f"{t['shape'][0]}×{t['shape'][1]}",
+            f"{opts[0]}…{opts[-1]} ({len(opts)})", f"{_fmt(t['params'][str(opts[-1])]['dense'])} → {params}", errs,
+        )
+    console.print(tab)
+    tot = s["totals"]
+    console.print(
+        f"dense model {_fmt(tot['params_dense_model'])} params; stored {_fmt(tot['params_supernet_stored'])}; "
+        f"typed weights {_fmt(tot['params_typed_dense'])} dense vs "
+        f"{_fmt(tot['params_typed_shared_basis_at_max_rank'])} shared-basis at max rank; "
+        f"{s['dense_parameters']['count']} dense tensors ({_fmt(s['dense_parameters']['params'])})"
+    )
+    knobs = s["widths"]["knobs"]
+    console.print(
+        "widths: " + (", ".join(f"{k} {v}" for k, v in knobs.items()) if knobs else "none")
+        + f"  | depth: {s['depth'].get('options') or 'fixed'}"
+        + f"  | sensitivity: {'measured' if s['sensitivity'] else 'not measured yet'}"
+    )
+
+
+def inspect(supernet: str | Path | None = None, *, as_json: bool = False) -> dict[str, Any]:
+    s = summary(load_supernet(supernet))
+    if as_json:
+        print(json.dumps(s, indent=2, sort_keys=True))
+    else:
+        render(s, Console())
+    return s

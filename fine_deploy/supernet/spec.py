@@ -1,0 +1,104 @@
+"""supernet.json: the architecture recipe of a supernet, kept apart from its weights (safetensors).
+
+Everything a reader needs to rebuild any subnet without this project: the stock diffusers backbone
+class and config, which matrices share which bases, the knobs (rank per type, width per stage, depth)
+and the measured costs of each knob value (reconstruction error now; sensitivity after training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.supernet.types import Matrix, Part, WeightType
+
+SCHEMA = 1
+FORMAT = "fine-deploy-supernet"
+SPEC_FILE = "supernet.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class TypeSpec:
+    name: str
+    kind: str
+    m1: int
+    m2: int
+    kernel_size: list[int] | None
+    matrices: list[dict[str, Any]]  # [{"name": str, "parts": [{"module": str, "rows": [a, b]}]}]
+    max_rank: int
+    rank_options: list[int]
+    # relative Frobenius error of the stacked [L, m1, m2] weights, by rank (str keys: JSON)
+    reconstruction_error: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> int:
+        return len(self.matrices)
+
+    def weight_type(self) -> WeightType:
+        mats = [
+            Matrix(m["name"], tuple(Part(p["module"], tuple(p["rows"])) for p in m["parts"]))
+            for m in self.matrices
+        ]
+        ks = tuple(self.kernel_size) if self.kernel_size else None
+        return WeightType(self.name, self.kind, self.m1, self.m2, ks, mats)
+
+    @classmethod
+    def from_weight_type(cls, t: WeightType, max_rank: int, rank_options: list[int]) -> TypeSpec:
+        mats = [
+            {"name": m.name, "parts": [{"module": p.module, "rows": list(p.rows)} for p in m.parts]}
+            for m in t.matrices
+        ]
+        ks = list(t.kernel_size) if t.kernel_size else None
+        return cls(t.name, t.kind, t.m1, t.m2, ks, mats, max_rank, rank_options)
+
+    def params_at(self, r: int) -> dict[str, int]:
+        """Weight counts of the three kernel forms at rank r (DESIGN §4)."""
+        L = self.layers
+        return {
+            "dense": L * self.m1 * self.m2,
+            "low_rank": L * r * (self.m1 + self.m2),
+            "shared_basis": r * (self.m1 + self.m2) + L * r,
+        }
+
+
+@dataclass
+class SupernetSpec:
+    backbone: str  # diffusers class name
+    config: dict[str, Any]  # its diffusers config (what from_config takes)
+    types: list[TypeSpec]
+    dense: list[str]  # parameter names kept dense
+    widths: dict[str, Any] = field(default_factory=dict)  # knobs, channel groups, orders, allocations
+    depth: dict[str, Any] = field(default_factory=dict)  # {"full": L, "options": [...], "init": "..."}
+    sensitivity: dict[str, Any] = field(default_factory=dict)  # filled by training
+    tensors: dict[str, list[int]] = field(default_factory=dict)  # name -> shape of every stored tensor
+    weights_sha256: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schema: int = SCHEMA
+    format: str = FORMAT
+
+    def type(self, name: str) -> TypeSpec:
+        for t in self.types:
+            if t.name == name:
+                return t
+        raise FineDeployError(f"unknown type {name!r}; types: {', '.join(t.name for t in self.types)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], where: str = SPEC_FILE) -> SupernetSpec:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise FineDeployError(f"{where}: not a fine-deploy supernet (format field missing or wrong)")
+        if d.get("schema") != SCHEMA:
+            raise FineDeployError(
+                f"{where}: schema version {d.get('schema')!r} is not supported (this fine-deploy reads "
+                f"schema {SCHEMA}); re-create the supernet with `fine-deploy convert` or upgrade fine-deploy"
+            )
+        try:
+            d = dict(d)
+            d["types"] = [TypeSpec(**t) for t in d["types"]]
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise FineDeployError(f"{where}: malformed supernet spec ({e}); re-create it") from None

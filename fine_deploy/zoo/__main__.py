@@ -1,0 +1,3 @@
+from fine_deploy.zoo import build_default
+
+print(build_default())

@@ -1,0 +1,150 @@
+"""Supernet core: types, factorised layers, convert, materialise, depth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import dit_inputs, make_dit, make_unet, run, unet_inputs
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.supernet.core import Supernet, SubnetConfig
+from fine_deploy.supernet.layers import set_sigma_only
+from fine_deploy.supernet.types import dense_parameters, find_types
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_dit_types_cover_the_five_roles_and_fuse_qkv():
+    model = make_dit()
+    types = {t.name: t for t in find_types(model)}
+    assert set(types) == {"qkv", "attn_out", "fc1", "fc2", "adaln"}
+    d = 16
+    assert (types["qkv"].m1, types["qkv"].m2) == (3 * d, d)
+    assert [len(m.parts) for m in types["qkv"].matrices] == [3, 3, 3]
+    assert (types["adaln"].m1, types["fc2"].m2) == (6 * d, 4 * d)
+    assert all(t.layers == 3 for t in types.values())
+    dense = dense_parameters(model, list(types.values()))
+    assert "pos_embed.proj.weight" in dense and "proj_out_2.weight" in dense
+    assert "transformer_blocks.0.attn1.to_q.bias" in dense
+    assert not any(n.endswith("to_q.weight") for n in dense)
+
+
+def test_unet_types_group_equal_shapes_by_stage_and_role():
+    model = make_unet()
+    types = find_types(model)
+    names = {t.name for t in types}
+    assert {"down0.conv1", "down1.qkv", "mid.conv1", "up0.attn_out"} <= names
+    # up0 resnets take concatenated skips of different widths: one role, two shapes, two types
+    assert {n for n in names if n.startswith("up0.conv1")} == {"up0.conv1_32x576", "up0.conv1_32x432"}
+    mid = next(t for t in types if t.name == "mid.conv1")
+    assert mid.kind == "conv" and mid.layers == 2 and mid.kernel_size == (3, 3) and mid.m2 == 32 * 9
+    dense = dense_parameters(model, types)
+    for name in ("conv_in.weight", "conv_out.weight", "time_embedding.linear_1.weight", "conv_norm_out.weight"):
+        assert name in dense
+
+
+def test_unsupported_backbone_is_refused():
+    with pytest.raises(FineDeployError, match="not supported"):
+        find_types(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("which", ["dit", "unet"])
+def test_exact_rank_reproduces_dense_model(which, request):
+    sn = Supernet.load(request.getfixturevalue(f"{which}_supernet"))
+    model, inputs = (make_dit(), dit_inputs()) if which == "dit" else (make_unet(), unet_inputs())
+    ref = run(model, inputs)
+    out = run(sn.subnet(), inputs)
+    assert rel_err(out, ref) <= 1e-5
+    for t in sn.types:
+        assert t.max_rank == t.layers * min(t.m1, t.m2)
+        assert t.reconstruction_error[str(t.max_rank)] <= 1e-5
+
+
+@pytest.mark.parametrize("which", ["dit", "unet"])
+def test_output_error_falls_monotonically_with_rank(which, request):
+    sn = Supernet.load(request.getfixturevalue(f"{which}_supernet"))
+    model, inputs = (make_dit(), dit_inputs()) if which == "dit" else (make_unet(), unet_inputs())
+    ref = run(model, inputs)
+    errs = []
+    for frac in (0.125, 0.25, 0.5, 0.75, 1.0):
+        ranks = {t.name: max(1, round(t.max_rank * frac)) for t in sn.types}
+        errs.append(rel_err(run(sn.subnet(SubnetConfig(ranks=ranks)), inputs), ref))
+    assert all(a >= b - 1e-7 for a, b in zip(errs, errs[1:])), errs
+    assert errs[0] > 10 * errs[-1]
+    for t in sn.types:
+        e = [t.reconstruction_error[str(r)] for r in t.rank_options]
+        assert all(a >= b - 1e-7 for a, b in zip(e, e[1:])), (t.name, e)
+
+
+def test_factorised_module_matches_folded_subnet_and_rank_knob(dit_supernet):
+    sn = Supernet.load(dit_supernet)
+    fm = sn.factorized_module().eval()
+    inputs = dit_inputs()
+    assert rel_err(run(fm, inputs), run(sn.subnet(), inputs)) <= 1e-5
+    ranks = {t.name: t.rank_options[1] for t in sn.types}
+    for name, r in ranks.items():
+        fm.fine_bases[name].set_rank(r)
+    assert rel_err(run(fm, inputs), run(sn.subnet(SubnetConfig(ranks=ranks)), inputs)) <= 1e-5
+
+
+def test_sigma_only_mode_trains_only_sigma_and_bases_are_shared(dit_supernet):
+    sn = Supernet.load(dit_supernet)
+    fm = sn.factorized_module()
+    q = fm.transformer_blocks[0].attn1.to_q
+    assert q.basis is fm.transformer_blocks[2].attn1.to_k.basis  # one qkv basis for all layers
+    set_sigma_only(fm, True)
+    trainable = {n for n, p in fm.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith("sigma") or n.startswith("fine_sigmas.") for n in trainable)
+    run_out = fm(**dit_inputs()).sample.square().mean()
+    run_out.backward()
+    assert q.sigma.grad is not None and q.sigma.grad.abs().sum() > 0
+    assert q.basis.U.grad is None
+    # U, V, σ jointly trainable in FINE pre-training
+    set_sigma_only(fm, False)
+    assert all(p.requires_grad for p in fm.parameters())
+
+
+def test_update_from_factorized_round_trips(dit_supernet):
+    sn = Supernet.load(dit_supernet)
+    fm = sn.factorized_module()
+    with torch.no_grad():
+        fm.fine_sigmas["transformer_blocks__1__fc1"].mul_(0.5)
+    sn.update_from_factorized(fm)
+    assert torch.equal(
+        sn.tensors["sigma.transformer_blocks.1.fc1"], fm.fine_sigmas["transformer_blocks__1__fc1"].detach()
+    )
+
+
+def test_depth_knob_builds_a_shallower_stock_dit(dit_supernet, tmp_path):
+    from diffusers import DiTTransformer2DModel
+
+    sn = Supernet.load(dit_supernet)
+    assert sn.spec.depth["options"] == [2, 3]
+    full = sn.subnet(SubnetConfig(depth=3))
+    assert rel_err(run(full, dit_inputs()), run(sn.subnet(), dit_inputs())) == 0.0
+    sub = sn.subnet(SubnetConfig(depth=2))
+    assert sub.config.num_layers == 2 and len(sub.transformer_blocks) == 2
+    # linear interpolation along depth: the end blocks keep the supernet's end σ exactly
+    U, V = sn.tensors["basis.fc1.U"], sn.tensors["basis.fc1.V"]
+    w_last = (U * sn.tensors["sigma.transformer_blocks.2.fc1"]) @ V.T
+    assert torch.allclose(sub.transformer_blocks[1].ff.net[0].proj.weight, w_last, atol=1e-5)
+    sub.save_pretrained(tmp_path / "d2")
+    again = DiTTransformer2DModel.from_pretrained(tmp_path / "d2")
+    assert again.config.num_layers == 2
+    assert (run(again, dit_inputs()) - run(sub, dit_inputs())).abs().max() <= 1e-6
+
+
+def test_bad_subnet_configs_are_refused(dit_supernet):
+    sn = Supernet.load(dit_supernet)
+    with pytest.raises(FineDeployError, match="unknown type 'nope'"):
+        sn.subnet({"ranks": {"nope": 2}})
+    with pytest.raises(FineDeployError, match="outside 1.."):
+        sn.subnet({"ranks": {"fc1": 10_000}})
+    with pytest.raises(FineDeployError, match="depth 9 not among"):
+        sn.subnet({"depth": 9})
+    with pytest.raises(FineDeployError, match="unknown knob"):
+        sn.subnet({"rank": {}})
+    with pytest.raises(FineDeployError, match="unknown width knob"):
+        sn.subnet({"widths": {"stage1": 8}})
