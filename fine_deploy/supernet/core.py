@@ -136,6 +136,10 @@ class Supernet:
             return [0.0]
         return [j * (L - 1) / (depth - 1) for j in range(depth)]
 
+    def sigma(self, matrix: str, depth: int | None = None) -> torch.Tensor:
+        """σ of a matrix of the subnet at `depth` (interpolated along depth when it differs from full)."""
+        return self._sigma(matrix, self._depth_map(depth))
+
     def _sigma(self, matrix: str, pos_map: list[float] | None) -> torch.Tensor:
         if pos_map is None:
             return self.tensors[f"sigma.{matrix}"]
@@ -261,3 +265,66 @@ def load_supernet(path: str | Path | None = None) -> Supernet:
 
         return Supernet.load(default_supernet_path())
     return Supernet.load(path)
+
+
+def example_inputs(backbone: str, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Fixed random model inputs for a backbone (what export, parity and shape tracing feed it)."""
+    g = torch.Generator().manual_seed(seed)
+    res = resolution or config["sample_size"]
+    x = torch.randn(batch, config["in_channels"], res, res, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    if backbone == "DiTTransformer2DModel":
+        n_cls = config.get("num_embeds_ada_norm") or 1
+        return {"hidden_states": x, "timestep": t, "class_labels": torch.randint(0, n_cls, (batch,), generator=g)}
+    return {"sample": x, "timestep": t}
+
+
+@torch.no_grad()
+def layer_shapes(sn: Supernet, config: SubnetConfig | dict | None = None, batch: int = 1,
+                 resolution: int | None = None) -> list[tuple[str, Any]]:
+    """(matrix name, LayerShape) of every factorised matrix of a subnet, traced at batch × resolution.
+
+    Rows seen by each layer come from a real forward pass with hooks, so token counts follow the
+    backbone's own down/up-sampling instead of a hand-written shape walk.
+    """
+    from fine_deploy.cost.shapes import LayerShape
+
+    config = config if isinstance(config, SubnetConfig) else SubnetConfig.from_json(config)
+    model = sn.subnet(config)
+    seen: dict[str, tuple] = {}
+    hooks = []
+    for t in sn.types:
+        for m in t.matrices:
+            part = m["parts"][0]["module"]
+            try:
+                mod = model.get_submodule(part)
+            except AttributeError:  # block dropped by the depth knob
+                continue
+
+            def hook(mod, args, out, name=m["name"]):
+                seen[name] = tuple(out.shape)
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        model(**example_inputs(sn.spec.backbone, sn.spec.config, batch, resolution))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for t in sn.types:
+        for m in t.matrices:
+            if m["name"] not in seen:
+                continue
+            shape = seen[m["name"]]
+            rows = sum(p["rows"][1] - p["rows"][0] for p in m["parts"])
+            mod = model.get_submodule(m["parts"][0]["module"])
+            if t.kind == "conv":
+                n, c, h, w = shape
+                k = t.kernel_size[0]
+                out.append((m["name"], LayerShape("conv", rows, mod.in_channels * k * k, n * h * w, k=k,
+                                                  group=t.name, stride=mod.stride[0], out_w=w)))
+            else:
+                tokens = int(torch.tensor(shape[:-1]).prod()) if len(shape) > 1 else 1
+                out.append((m["name"], LayerShape("linear", rows, mod.in_features, tokens, group=t.name)))
+    return out
