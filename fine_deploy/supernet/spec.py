@@ -71,7 +71,10 @@ class SupernetSpec:
     dense: list[str]  # parameter names kept dense
     widths: dict[str, Any] = field(default_factory=dict)  # knobs, channel groups, orders, allocations
     depth: dict[str, Any] = field(default_factory=dict)  # {"full": L, "options": [...], "init": "..."}
-    sensitivity: dict[str, Any] = field(default_factory=dict)  # filled by training
+    # Filled by training; the planner's quality side. Layout (a data-free proxy uses the same, proxy: true):
+    # {"metric": "heldout_denoising_loss", "baseline": float, "proxy": bool,
+    #  "ranks": {type: {str(r): loss increase}}, "widths": {knob: {str(w): ...}}, "depth": {str(d): ...}}
+    sensitivity: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, list[int]] = field(default_factory=dict)  # name -> shape of every stored tensor
     weights_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
