@@ -73,6 +73,81 @@ def convert_cmd(
     convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib)
 
 
+# --- cost: device profiles and the profiler ------------------------------------------------------
+
+
+@command("devices")
+def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the device profiles and their aliases."""
+    from fine_deploy.cost.commands import devices
+
+    devices(as_json=as_json)
+
+
+@command("profile")
+def profile_cmd(
+    device: str = typer.Option("host", "--device", help="Device profile name or alias (see `devices`)."),
+    output: Path | None = typer.Option(
+        None, "-o", "--output", help="LUT file; profiles/measured/<device>-<runtime>.json by default."
+    ),
+    runtime: str | None = typer.Option(
+        None, "--runtime", help="Backend to measure on; the device's own when usable here."
+    ),
+    supernet: Path | None = SupernetOpt,
+    fresh: bool = typer.Option(False, "--fresh", help="Measure everything again instead of resuming."),
+) -> None:
+    """Measure what every layer choice costs on this machine's runtime (a LUT for the planner)."""
+    from fine_deploy.cost.commands import profile_command
+
+    profile_command(device, output, runtime=runtime, supernet=supernet, resume=not fresh)
+
+
+# --- bench and report ----------------------------------------------------------------------------
+
+
+@command("bench")
+def bench_cmd(
+    artifacts: list[Path] = typer.Argument(..., help="Export directories or model files; several run interleaved."),
+    runs: int = typer.Option(30, "--runs", "-n", help="Timed runs per model."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the result here (bench.json)."),
+    steps: int = typer.Option(1, "--steps", help="Sampler steps, for the per-image latency."),
+    shape: list[str] = typer.Option([], "--shape", help="Input shape override NAME=1x4x16x16 (repeatable)."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: the runtime's)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size for inputs with a dynamic leading dim."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed runs per model first."),
+    time_budget: float | None = typer.Option(None, "--time-budget", help="Seconds to keep timing instead of --runs."),
+    order: str = typer.Option("interleaved", "--order", help="interleaved (run by run) or sequential."),
+    spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="ONNX Runtime thread spin-waiting."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime-cpu/-cuda/-tensorrt, tensorrt, coreml."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Time the calibration GEMM too."),
+) -> None:
+    """Time exported artifacts: median/mean/std/p90/p99, throughput, per-image latency, memory."""
+    from fine_deploy.bench.run import bench
+
+    bench(
+        artifacts, runs, json_path, steps=steps, shapes=shape, threads=threads, batch=batch, warmup=warmup,
+        time_budget_s=time_budget, order=order, spinning=spinning, backend=backend, calibrate=calibrate,
+    )
+
+
+@command("report")
+def report_cmd(
+    baseline: str = typer.Option(..., "--baseline", help="Baseline bench.json (or bench.json::MODEL)."),
+    current: str = typer.Option(..., "--current", help="Current bench.json (or bench.json::MODEL)."),
+    threshold: str = typer.Option("5%", "--threshold", help="Smallest change that counts, e.g. 5%."),
+    fmt: str = typer.Option("md", "--format", help="md, json or junit."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (default: stdout)."),
+    plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the distributions."),
+    normalize: bool = typer.Option(False, "--normalize", help="Divide by each run's calibration GEMM time."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test."),
+) -> None:
+    """Compare current against baseline per model; exit 1 on a latency regression."""
+    from fine_deploy.bench.report import report
+
+    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha).regressed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,206 @@
+"""The measured cost table (LUT) of one device and runtime, its schema and its checks.
+
+A LUT holds, per layer choice (shape x form x rank), the measured seconds that choice adds to a
+run, plus the fixed cost of a run and the roofline calibrated on those measurements. It records
+the machine fingerprint, runtime versions and measurement protocol, so that a LUT taken with
+another runtime version is flagged instead of silently used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fine_deploy.cost.shapes import LayerShape
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import atomic_write_json
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class LutEntry:
+    shape: LayerShape
+    form: str
+    rank: int | None
+    macs: int
+    weight_bytes: int
+    activation_bytes: int  # input + intermediate + output, fp32
+    # what the layer adds inside a model: its one-layer graph's time minus the empty graph's and
+    # minus half the boundary cost of its input and of its output tensor (see `boundaries`)
+    seconds: float
+    raw_s: float  # its one-layer graph's time, as measured
+    median_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = self.shape.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LutEntry:
+        return cls(**{**d, "shape": LayerShape.from_dict(d["shape"])})
+
+
+@dataclass
+class Lut:
+    device: str
+    runtime: str
+    fingerprint: dict[str, Any]
+    runtime_versions: dict[str, str | None]
+    session: dict[str, Any]  # what the runtime layer reports: backend, providers, options
+    protocol: dict[str, Any]
+    empty_run_s: float  # one run of an empty graph: what every model pays once
+    entries: dict[str, LutEntry] = field(default_factory=dict)
+    # per activation tensor ("1x32x16x16"): what a model pays at its boundaries when that tensor is
+    # its input plus its output (layout reorders, output allocation), beyond the empty graph
+    boundaries: dict[str, float] = field(default_factory=dict)
+    # fixed overhead of a whole model beyond the empty run, fitted on end-to-end subnet timings
+    calibration: dict[str, Any] = field(default_factory=dict)
+    roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
+    complete: bool = False
+    schema: int = SCHEMA
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "device": self.device,
+            "runtime": self.runtime,
+            "fingerprint": self.fingerprint,
+            "runtime_versions": self.runtime_versions,
+            "session": self.session,
+            "protocol": self.protocol,
+            "empty_run_s": self.empty_run_s,
+            "entries": {k: v.to_dict() for k, v in sorted(self.entries.items())},
+            "boundaries": dict(sorted(self.boundaries.items())),
+            "calibration": self.calibration,
+            "roofline": self.roofline,
+            "complete": self.complete,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+
+_FIELDS = {
+    "schema": int,
+    "device": str,
+    "runtime": str,
+    "fingerprint": dict,
+    "runtime_versions": dict,
+    "session": dict,
+    "protocol": dict,
+    "empty_run_s": (int, float),
+    "entries": dict,
+    "boundaries": dict,
+    "calibration": dict,
+    "roofline": dict,
+    "complete": bool,
+}
+
+
+def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
+    """Check a LUT's structure and values; one line naming the first problem."""
+    if not isinstance(data, dict):
+        raise FineDeployError(f"{where} is not a JSON object; re-run `fine-deploy profile`")
+    if data.get("schema") != SCHEMA:
+        raise FineDeployError(
+            f"{where} has schema {data.get('schema')!r}; this version reads schema {SCHEMA}, "
+            "re-run `fine-deploy profile`"
+        )
+    for key, typ in _FIELDS.items():
+        if key not in data or not isinstance(data[key], typ):
+            raise FineDeployError(
+                f"{where}: field {key!r} is missing or mistyped; re-run `fine-deploy profile`"
+            )
+    if data["empty_run_s"] < 0:
+        raise FineDeployError(f"{where}: empty_run_s is negative; re-run `fine-deploy profile`")
+    entries: dict[str, LutEntry] = {}
+    for key, raw in data["entries"].items():
+        try:
+            entry = LutEntry.from_dict(raw)
+        except (TypeError, KeyError, FineDeployError) as e:
+            raise FineDeployError(
+                f"{where}: entry {key} is malformed ({e}); re-run `fine-deploy profile`"
+            ) from None
+        if not (entry.raw_s > 0 and entry.seconds >= 0 and entry.macs > 0):
+            raise FineDeployError(
+                f"{where}: entry {key} has non-positive figures; re-run `fine-deploy profile`"
+            )
+        entries[key] = entry
+    return Lut(
+        device=data["device"],
+        runtime=data["runtime"],
+        fingerprint=data["fingerprint"],
+        runtime_versions=data["runtime_versions"],
+        session=data["session"],
+        protocol=data["protocol"],
+        empty_run_s=float(data["empty_run_s"]),
+        entries=entries,
+        boundaries={str(k): float(v) for k, v in data["boundaries"].items()},
+        calibration=data["calibration"],
+        roofline=data["roofline"],
+        complete=data["complete"],
+        schema=data["schema"],
+    )
+
+
+def load_lut(path: str | os.PathLike) -> Lut:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FineDeployError(
+            f"LUT {path} does not exist; run `fine-deploy profile --device NAME` first"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise FineDeployError(
+            f"LUT {path} is not readable JSON ({e.__class__.__name__}); re-run `fine-deploy profile`"
+        ) from None
+    return validate_lut_dict(data, f"LUT {path.name}")
+
+
+def lut_path(profiles: Path, device: str, runtime: str) -> Path:
+    return profiles / "measured" / f"{device}-{runtime}.json"
+
+
+def compatibility_problems(lut: Lut, versions: dict[str, str | None] | None = None) -> list[str]:
+    """Why this LUT may not describe the runtime installed here (empty when it does)."""
+    if versions is None:
+        from fine_deploy.runtime.backends import runtime_versions
+
+        versions = runtime_versions()
+    problems = []
+    for name in ("onnxruntime", "tensorrt", "coremltools"):
+        had, has = lut.runtime_versions.get(name), versions.get(name)
+        if had is not None and had != has:
+            problems.append(f"{name} {had} measured, {has or 'none'} installed")
+    return problems
+
+
+def check_compatible(
+    lut: Lut, versions: dict[str, str | None] | None = None, *, allow: bool = False
+) -> list[str]:
+    """Refuse a LUT measured with another runtime version (or, with allow=True, return the warnings)."""
+    problems = compatibility_problems(lut, versions)
+    if problems and not allow:
+        raise FineDeployError(
+            f"LUT of {lut.device} was measured with another runtime ({'; '.join(problems)}); "
+            "re-run `fine-deploy profile` on this machine"
+        )
+    return problems
+
+
+_MACHINE_KEYS = ("cpu_model", "logical_cores", "usable_cores", "gpus", "os", "machine")
+
+
+def same_machine(lut: Lut, fingerprint: dict[str, Any] | None = None) -> bool:
+    """Whether the LUT was measured on this machine (runtime versions aside)."""
+    if fingerprint is None:
+        from fine_deploy.runtime import machine_fingerprint
+
+        fingerprint = machine_fingerprint()
+    return all(lut.fingerprint.get(k) == fingerprint.get(k) for k in _MACHINE_KEYS)

@@ -1,0 +1,121 @@
+"""Memory predictions: weights (shared bases once, by dtype) + peak live activations + runtime.
+
+Peak activations come from liveness over the exported graph: shapes from ONNX shape inference at
+the graph's batch and resolution, each tensor alive from the node that makes it to the last node
+that reads it (graph inputs from the start, graph outputs to the end), nodes run in file order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, shape_inference
+
+from fine_deploy.cost.profiles import DeviceProfile
+from fine_deploy.errors import FineDeployError
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    weight_bytes: int
+    activation_bytes: int  # peak of live activations
+    runtime_bytes: int  # the runtime's own resident memory, from the device profile
+    peak_node: str  # the node at which activations peak
+
+    @property
+    def model_bytes(self) -> int:
+        """What the model adds over an empty session of the runtime."""
+        return self.weight_bytes + self.activation_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.runtime_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "model_bytes": self.model_bytes, "total_bytes": self.total_bytes}
+
+
+def _elem_size(elem_type: int) -> int:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+
+
+def _tensor_bytes(vi: onnx.ValueInfoProto, dim_values: dict[str, int]) -> int | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    n = 1
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            n *= d.dim_value
+        elif d.dim_param in dim_values:
+            n *= dim_values[d.dim_param]
+        else:
+            return None
+    return n * _elem_size(t.elem_type)
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the distinct initialisers: a basis shared by many layers is one initialiser."""
+    total = 0
+    for init in model.graph.initializer:
+        total += int(np.prod(init.dims, dtype=np.int64)) * _elem_size(init.data_type)
+    return total
+
+
+def activation_peak(model: onnx.ModelProto, dim_values: dict[str, int] | None = None) -> tuple[int, str]:
+    """(peak bytes of live activations, the node where it peaks) over the graph in node order."""
+    dim_values = dim_values or {}
+    inferred = shape_inference.infer_shapes(model, strict_mode=False)
+    g = inferred.graph
+    inits = {i.name for i in g.initializer}
+    infos = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+    sizes: dict[str, int] = {}
+    for name, vi in infos.items():
+        if name in inits:
+            continue
+        b = _tensor_bytes(vi, dim_values)
+        if b is None:
+            raise FineDeployError(
+                f"tensor {name} has an unknown shape after shape inference; "
+                "export with static shapes or give its dims"
+            )
+        sizes[name] = b
+    last_use: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        for x in node.input:
+            if x in sizes:
+                last_use[x] = i
+    end = len(g.node)
+    for o in g.output:
+        last_use[o.name] = end
+    live = {i.name for i in g.input if i.name in sizes}
+    peak, where = sum(sizes[x] for x in live), "input"
+    for i, node in enumerate(g.node):
+        live |= {o for o in node.output if o in sizes}
+        now = sum(sizes[x] for x in live)
+        if now > peak:
+            peak, where = now, node.name or f"{node.op_type}#{i}"
+        live = {x for x in live if last_use.get(x, -1) > i}
+    return peak, where
+
+
+def predict_memory(
+    model: onnx.ModelProto | str | os.PathLike,
+    profile: DeviceProfile | None = None,
+    dim_values: dict[str, int] | None = None,
+) -> MemoryPrediction:
+    """Memory of running `model` on the profile's device (runtime overhead 0 without a profile)."""
+    if not isinstance(model, onnx.ModelProto):
+        path = Path(model)
+        try:
+            model = onnx.load(path)
+        except Exception:
+            raise FineDeployError(f"{path} is not a readable ONNX model; re-export it") from None
+    act, where = activation_peak(model, dim_values)
+    runtime = profile.runtime_overhead_bytes if profile is not None else 0
+    return MemoryPrediction(weight_bytes(model), act, runtime, where)

@@ -1,0 +1,265 @@
+"""`fine-deploy profile`: measure what each layer choice costs on this machine's runtime.
+
+For every distinct layer shape x kernel form x rank, a one-layer ONNX graph is timed next to the
+empty graph of the same input, interleaved round by round (fine_deploy.cost.timing); the
+difference is what the layer adds to a run. A few random whole subnets, timed end to end,
+calibrate the fixed overhead, and the roofline is fitted to the measurements so that shapes the
+LUT lacks are still estimated. The LUT is saved after every shape: an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from fine_deploy.cost.graphs import (
+    LayerChoice,
+    build_chain,
+    build_identity,
+    dims_key,
+    input_dims,
+    output_dims,
+    square_layer,
+)
+from fine_deploy.cost.lut import Lut, LutEntry, load_lut, lut_path
+from fine_deploy.cost.predictor import predict_latency
+from fine_deploy.cost.profiles import load_profile, profiles_dir
+from fine_deploy.cost.roofline import fit_roofline
+from fine_deploy.cost.shapes import (
+    LayerShape,
+    activation_elems,
+    default_ranks,
+    default_shapes,
+    distinct,
+    form_macs,
+    form_weight_elems,
+)
+from fine_deploy.cost.subnets import random_chain
+from fine_deploy.cost.timing import Protocol, Timing, measure_interleaved, run_timer
+from fine_deploy.errors import FineDeployError
+
+ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+
+
+def layer_choices(shape: LayerShape, ranks: list[int] | None = None) -> list[LayerChoice]:
+    """Dense plus low-rank and shared-basis at every rank option of one shape."""
+    out = [LayerChoice(shape)]
+    for r in ranks or default_ranks(shape):
+        out += [LayerChoice(shape, "low_rank", r), LayerChoice(shape, "shared_basis", r)]
+    return out
+
+
+def entry_for(choice: LayerChoice, timing: Timing, empty: Timing, boundaries: dict[str, float]) -> LutEntry:
+    own, shared = form_weight_elems(choice.shape, choice.form, choice.rank)
+    bounds = 0.5 * (
+        boundaries.get(dims_key(input_dims(choice.shape)), 0.0)
+        + boundaries.get(dims_key(output_dims(choice.shape)), 0.0)
+    )
+    return LutEntry(
+        shape=choice.shape,
+        form=choice.form,
+        rank=choice.rank,
+        macs=form_macs(choice.shape, choice.form, choice.rank),
+        weight_bytes=4 * (own + shared),
+        activation_bytes=4 * sum(activation_elems(choice.shape, choice.form, choice.rank)),
+        seconds=max(0.0, timing.seconds - empty.seconds - bounds),
+        raw_s=timing.seconds,
+        median_s=timing.median_s,
+    )
+
+
+class Timer:
+    """Opens models on one backend with the protocol's session options and times them interleaved."""
+
+    def __init__(self, backend: str, protocol: Protocol, workdir: Path) -> None:
+        self.backend, self.protocol, self.workdir = backend, protocol, workdir
+        self.count = 0
+        self.description: dict[str, Any] = {}
+
+    @contextmanager
+    def sessions(self, models: list[onnx.ModelProto]) -> Iterator[list[Callable[[int], np.ndarray]]]:
+        from fine_deploy.runtime import SessionOptions, open_session
+
+        opts = SessionOptions(threads=self.protocol.threads, spinning=self.protocol.spinning)
+        with ExitStack() as stack:
+            runners = []
+            for model in models:
+                self.count += 1
+                path = self.workdir / f"m{self.count}.onnx"
+                onnx.save(model, path)
+                sess = stack.enter_context(open_session(path, opts, self.backend))
+                if not self.description:
+                    d = sess.describe()
+                    self.description = {k: d[k] for k in ("backend", "providers", "versions", "options")}
+                feeds = sess.make_feeds()
+                if self.protocol.clock == "wall":
+                    runners.append(lambda n, s=sess, f=feeds: s.time_runs(f, n))
+                else:
+                    runners.append(run_timer(lambda s=sess, f=feeds: s.run(f), self.protocol.clock))
+            yield runners
+
+    def time(self, models: list[onnx.ModelProto], seed: int = 0) -> list[Timing]:
+        with self.sessions(models) as runners:
+            return measure_interleaved(runners, self.protocol, seed=seed)
+
+
+def _choose_backend(runtime: str | None, device_runtime: str) -> str:
+    from fine_deploy.runtime import available_backends
+
+    usable = available_backends()
+    backend = runtime or (device_runtime if usable.get(device_runtime) else "onnxruntime-cpu")
+    if backend not in ONNX_BACKENDS:
+        raise FineDeployError(
+            f"the profiler builds ONNX layer graphs, which {backend} cannot run; "
+            f"pass --runtime with one of {', '.join(ONNX_BACKENDS)}"
+        )
+    if not usable.get(backend):
+        have = ", ".join(k for k, v in usable.items() if v) or "none"
+        raise FineDeployError(
+            f"runtime {backend} is not usable on this machine (usable: {have}); pick another --runtime"
+        )
+    return backend
+
+
+def _resumable(path: Path, lut: Lut) -> Lut | None:
+    """Entries of an earlier run at `path` measured the same way on the same machine and runtime."""
+    if not path.exists():
+        return None
+    try:
+        old = load_lut(path)
+    except FineDeployError:
+        return None  # unreadable or another schema: measure afresh (it is replaced atomically)
+    same = (
+        old.fingerprint.get("id") == lut.fingerprint.get("id")
+        and old.protocol == lut.protocol
+        and old.runtime_versions == lut.runtime_versions
+        and old.runtime == lut.runtime
+    )
+    return old if same else None
+
+
+def measure_boundaries(timer: Timer, shapes: list[LayerShape], seed: int = 0) -> dict[str, float]:
+    """Per activation tensor: what being a model's input and output costs beyond the empty graph.
+
+    With a cheap square layer S on that tensor, t([S]) = empty + boundary + c and t([S, S]) =
+    empty + boundary + 2c (inside a model S pays no boundary), so boundary = 2 t([S]) - t([S, S]) - empty.
+    Runtimes pay real work there: ONNX Runtime's CPU convs reorder NCHW <-> NCHWc at a model's edges
+    but not between two convs, which made one-layer timings overstate in-model costs by ~15%.
+    """
+    tensors: dict[str, list[int]] = {}
+    for s in shapes:
+        for dims in (input_dims(s), output_dims(s)):
+            tensors.setdefault(dims_key(dims), dims)
+    out = {}
+    for i, (key, dims) in enumerate(sorted(tensors.items())):
+        sq = LayerChoice(square_layer(dims))
+        empty, one, two = timer.time(
+            [build_identity(sq.shape), build_chain([sq]), build_chain([sq, sq])], seed=i
+        )
+        out[key] = max(0.0, 2 * one.seconds - two.seconds - empty.seconds)
+    return out
+
+
+def calibrate_overhead(
+    timer: Timer, lut: Lut, shapes: list[LayerShape], subnets: int, seed: int = 0
+) -> dict[str, Any]:
+    """Time a few random whole subnets; the fixed overhead is their median excess over Σ layers."""
+    rng = random.Random(seed)
+    chains = [random_chain(shapes, rng) for _ in range(subnets)]
+    timings = timer.time([build_chain(c, seed=i) for i, c in enumerate(chains)], seed=seed)
+    lut.calibration = {}
+    base = [predict_latency(c, lut).seconds for c in chains]
+    fixed = float(np.median([t.seconds - b for t, b in zip(timings, base, strict=False)]))
+    rel = [abs(b + fixed - t.seconds) / t.seconds for b, t in zip(base, timings, strict=False)]
+    return {"fixed_s": fixed, "subnets": subnets, "median_abs_rel_error": float(np.median(rel)), "seed": seed}
+
+
+def profile(
+    device: str = "host",
+    output: str | os.PathLike | None = None,
+    *,
+    shapes: list[LayerShape] | None = None,
+    ranks: dict[str, list[int]] | None = None,
+    runtime: str | None = None,
+    protocol: Protocol | None = None,
+    calibration_subnets: int = 12,
+    resume: bool = True,
+    profiles: str | os.PathLike | None = None,
+    show_progress: bool = True,
+) -> Lut:
+    """Measure the LUT of `device` on this machine and write it.
+
+    The default output is profiles/measured/<device>-<runtime>.json; `shapes` defaults to the
+    built-in tiny supernet's layers and `ranks` (per shape key) to quarters of the full rank.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fine_deploy.runtime import machine_fingerprint
+    from fine_deploy.runtime.backends import runtime_versions
+
+    directory = profiles_dir(profiles)
+    prof = load_profile(device, directory)
+    backend = _choose_backend(runtime, prof.runtime)
+    protocol = protocol or Protocol(clock="thread" if backend == "onnxruntime-cpu" else "wall")
+    if protocol.clock == "thread" and backend != "onnxruntime-cpu":
+        raise FineDeployError(
+            f"the thread clock cannot time {backend} (work runs off the calling thread); use clock=wall"
+        )
+    shapes = list(shapes) if shapes is not None else default_shapes()
+    if not shapes:
+        raise FineDeployError("no layer shapes to profile; give at least one LayerShape")
+    path = Path(output) if output is not None else lut_path(directory, prof.name, backend)
+    lut = Lut(
+        device=prof.name,
+        runtime=backend,
+        fingerprint=machine_fingerprint(),
+        runtime_versions=runtime_versions(),
+        session={},
+        protocol=protocol.to_dict(),
+        empty_run_s=0.0,
+    )
+    old = _resumable(path, lut) if resume else None
+    done: dict[str, LutEntry] = dict(old.entries) if old else {}
+    lut.boundaries = dict(old.boundaries) if old else {}
+    plan = [(s, layer_choices(s, (ranks or {}).get(s.key()))) for s in distinct(shapes)]
+    total = sum(len(c) for _, c in plan)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with (
+        tempfile.TemporaryDirectory(prefix="fine-deploy-profile-") as tmp,
+        Progress(*columns, disable=not show_progress, transient=True) as bar,
+    ):
+        timer = Timer(backend, protocol, Path(tmp))
+        task = bar.add_task(f"profiling {prof.name} on {backend}", total=total + calibration_subnets)
+        empties = []
+        if not lut.boundaries:
+            lut.boundaries = measure_boundaries(timer, distinct(shapes))
+        for i, (shape, choices) in enumerate(plan):
+            todo = [c for c in choices if c.key() not in done]
+            bar.advance(task, len(choices) - len(todo))
+            # the empty graph is timed with every shape, so that every entry subtracts a fresh one
+            models = [build_identity(shape)] + [build_chain([c], seed=i) for c in todo]
+            timings = timer.time(models, seed=i)
+            empties.append(timings[0].seconds)
+            for c, t in zip(todo, timings[1:], strict=False):
+                done[c.key()] = entry_for(c, t, timings[0], lut.boundaries)
+            bar.advance(task, len(todo))
+            lut.entries = dict(done)
+            lut.session = timer.description
+            lut.empty_run_s = float(np.min(empties))
+            lut.save(path)
+        lut.entries = {c.key(): done[c.key()] for _, cs in plan for c in cs}
+        if calibration_subnets:
+            lut.calibration = calibrate_overhead(timer, lut, shapes, calibration_subnets)
+        bar.advance(task, calibration_subnets)
+    lut.roofline = fit_roofline(list(lut.entries.values())).to_dict()
+    lut.complete = True
+    lut.save(path)
+    return lut

@@ -1,0 +1,365 @@
+"""Device profiles: one YAML per device under profiles/, with public spec figures and aliases.
+
+`host` is special: its figures are probed on this machine (fp32 GEMM throughput of ONNX Runtime,
+copy bandwidth, memory) the first time it is loaded, and cached with the machine's fingerprint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import atomic_write_json
+
+SCHEMA = 1
+KINDS = ("cpu", "gpu", "soc")
+HOST_PROBE_SCHEMA = 1
+# GEMM and copy sizes of the host probe: big enough to leave the caches, small enough for ~2 s
+_GEMM_N = 512
+_COPY_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    schema: int
+    name: str
+    description: str
+    kind: str
+    source: str
+    runtime: str
+    runtimes: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    peak_flops: dict[str, float]  # dense FLOP/s (ops/s for int8) per dtype
+    memory_bandwidth: float  # bytes/s
+    memory_bytes: int
+    usable_memory_bytes: int  # what one process may allocate (physical minus the OS's share)
+    runtime_overhead_bytes: int  # the runtime's own resident memory (CUDA context, libraries)
+    launch_overhead_s: float  # per-kernel cost the roofline adds before calibration
+    aliases: tuple[str, ...] = ()
+    probed: dict[str, Any] = field(default_factory=dict)  # host only: what the probe measured
+
+    def peak(self, dtype: str = "fp32") -> float:
+        if dtype not in self.peak_flops:
+            raise FineDeployError(
+                f"device {self.name} has no {dtype} rate; use one of {', '.join(sorted(self.peak_flops))}"
+            )
+        return self.peak_flops[dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["runtimes"], d["dtypes"], d["aliases"] = list(self.runtimes), list(self.dtypes), list(self.aliases)
+        return d
+
+
+def profiles_dir(path: str | os.PathLike | None = None) -> Path:
+    """Where the device YAMLs live: `path`, $FINE_DEPLOY_PROFILES, or the repository's profiles/."""
+    if path is None:
+        path = os.environ.get("FINE_DEPLOY_PROFILES") or Path(__file__).resolve().parents[2] / "profiles"
+    path = Path(path)
+    if not path.is_dir():
+        raise FineDeployError(
+            f"device profiles folder {path} does not exist; set FINE_DEPLOY_PROFILES to the profiles/ folder"
+        )
+    return path
+
+
+def measured_dir(profiles: Path) -> Path:
+    return profiles / "measured"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise FineDeployError(f"profile {path.name} is not valid YAML{where}; fix the file") from None
+    if not isinstance(data, dict):
+        raise FineDeployError(f"profile {path.name} is not a mapping of fields; fix the file")
+    return data
+
+
+_REQUIRED = {
+    "schema": int,
+    "name": str,
+    "description": str,
+    "kind": str,
+    "source": str,
+    "runtime": str,
+    "runtimes": list,
+    "dtypes": list,
+    "peak_flops": dict,
+    "memory_bandwidth": (int, float),
+    "memory_bytes": int,
+    "usable_memory_bytes": int,
+    "runtime_overhead_bytes": int,
+    "launch_overhead_s": (int, float),
+}
+
+
+def validate_profile_dict(data: dict[str, Any], where: str) -> DeviceProfile:
+    """Check every field's presence, type and range; one line naming the first problem."""
+    for key, typ in _REQUIRED.items():
+        if key not in data:
+            raise FineDeployError(f"profile {where} lacks field {key!r}; add it (see profiles/h100-sxm.yaml)")
+        if not isinstance(data[key], typ) or isinstance(data[key], bool):
+            raise FineDeployError(f"profile {where}: field {key!r} has the wrong type; fix the value")
+    if data["schema"] != SCHEMA:
+        raise FineDeployError(
+            f"profile {where} has schema {data['schema']}; this version reads schema {SCHEMA}"
+        )
+    if data["kind"] not in KINDS:
+        raise FineDeployError(f"profile {where}: kind must be one of {', '.join(KINDS)}")
+    for dt, v in data["peak_flops"].items():
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise FineDeployError(f"profile {where}: peak_flops.{dt} must be a positive number")
+    missing = [d for d in data["dtypes"] if d not in data["peak_flops"]]
+    if missing:
+        raise FineDeployError(f"profile {where}: dtypes {missing} have no peak_flops entry; add them")
+    if data["runtime"] not in data["runtimes"]:
+        raise FineDeployError(f"profile {where}: runtime {data['runtime']!r} is not among its runtimes")
+    if data["memory_bandwidth"] <= 0 or data["memory_bytes"] <= 0:
+        raise FineDeployError(f"profile {where}: memory_bandwidth and memory_bytes must be positive")
+    if not 0 < data["usable_memory_bytes"] <= data["memory_bytes"]:
+        raise FineDeployError(f"profile {where}: usable_memory_bytes must be in (0, memory_bytes]")
+    if data["runtime_overhead_bytes"] < 0 or data["launch_overhead_s"] < 0:
+        raise FineDeployError(f"profile {where}: overheads must not be negative")
+    known = set(_REQUIRED) | {"aliases", "probed", "probe"}
+    extra = sorted(set(data) - known)
+    if extra:
+        raise FineDeployError(f"profile {where} has unknown field(s) {', '.join(extra)}; remove them")
+    return DeviceProfile(
+        schema=data["schema"],
+        name=data["name"],
+        description=data["description"],
+        kind=data["kind"],
+        source=data["source"],
+        runtime=data["runtime"],
+        runtimes=tuple(data["runtimes"]),
+        dtypes=tuple(data["dtypes"]),
+        peak_flops={k: float(v) for k, v in data["peak_flops"].items()},
+        memory_bandwidth=float(data["memory_bandwidth"]),
+        memory_bytes=data["memory_bytes"],
+        usable_memory_bytes=data["usable_memory_bytes"],
+        runtime_overhead_bytes=data["runtime_overhead_bytes"],
+        launch_overhead_s=float(data["launch_overhead_s"]),
+        aliases=tuple(str(a) for a in data.get("aliases") or ()),
+        probed=dict(data.get("probed") or {}),
+    )
+
+
+def _raw_profiles(directory: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.glob("*.yaml")):
+        data = _read_yaml(path)
+        if data.get("name") != path.stem:
+            raise FineDeployError(
+                f"profile {path.name} names itself {data.get('name')!r}; name it {path.stem!r}"
+            )
+        out[path.stem] = data
+    return out
+
+
+def alias_table(directory: str | os.PathLike | None = None) -> dict[str, str]:
+    """alias -> profile name (every profile is also its own alias)."""
+    directory = profiles_dir(directory)
+    table: dict[str, str] = {}
+    for name, data in _raw_profiles(directory).items():
+        for alias in [name, *(str(a).lower() for a in data.get("aliases") or [])]:
+            if alias in table and table[alias] != name:
+                raise FineDeployError(
+                    f"alias {alias!r} names both {table[alias]} and {name}; keep it in one profile"
+                )
+            table[alias] = name
+    return table
+
+
+def resolve_name(name: str, directory: str | os.PathLike | None = None) -> str:
+    """The profile a name or alias means; unknown names get the close matches."""
+    table = alias_table(directory)
+    key = name.strip().lower()
+    if key in table:
+        return table[key]
+    close = difflib.get_close_matches(key, list(table), n=4, cutoff=0.4)
+    hint = f"did you mean {', '.join(close)}?" if close else "run `fine-deploy devices` for the list"
+    raise FineDeployError(f"unknown device {name!r}; {hint}")
+
+
+def load_profile(
+    name: str, directory: str | os.PathLike | None = None, *, probe: bool = True
+) -> DeviceProfile:
+    """The validated profile for `name` (an alias works); `host` is probed and cached."""
+    directory = profiles_dir(directory)
+    resolved = resolve_name(name, directory)
+    data = _read_yaml(directory / f"{resolved}.yaml")
+    if data.get("probe"):
+        if not probe:
+            raise FineDeployError(f"profile {resolved} is probed on use; load it with probe=True")
+        data = {**data, **host_figures(measured_dir(directory))}
+        data.pop("probe", None)
+    return validate_profile_dict(data, f"{resolved}.yaml")
+
+
+def list_profiles(directory: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per profile (without probing the host): name, aliases, description, runtime, memory."""
+    directory = profiles_dir(directory)
+    rows = []
+    for name, data in _raw_profiles(directory).items():
+        if data.get("probe"):
+            cached = _cached_probe(measured_dir(directory))
+            if cached is not None:
+                data = {**data, **cached}
+            data = {k: v for k, v in data.items() if k != "probe"}
+            rows.append({**data, "probed": cached is not None})
+            continue
+        prof = validate_profile_dict(data, f"{name}.yaml")
+        rows.append({**prof.to_dict(), "probed": None})
+    return rows
+
+
+# --- the host probe ------------------------------------------------------------------------------
+
+
+def _probe_path(measured: Path) -> Path:
+    return measured / "host-probe.json"
+
+
+def _fingerprint_id() -> str:
+    from fine_deploy.runtime import machine_fingerprint
+
+    return machine_fingerprint()["id"]
+
+
+def _cached_probe(measured: Path) -> dict[str, Any] | None:
+    path = _probe_path(measured)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("schema") != HOST_PROBE_SCHEMA or data.get("fingerprint_id") != _fingerprint_id():
+        return None  # another machine or runtime version: probe again
+    return data.get("figures")
+
+
+def host_figures(measured: Path, *, refresh: bool = False) -> dict[str, Any]:
+    """The host's profile fields, probed once per machine fingerprint and cached in `measured`."""
+    if not refresh:
+        cached = _cached_probe(measured)
+        if cached is not None:
+            return cached
+    figures = probe_host()
+    atomic_write_json(
+        _probe_path(measured),
+        {"schema": HOST_PROBE_SCHEMA, "fingerprint_id": _fingerprint_id(), "figures": figures},
+    )
+    return figures
+
+
+def _memory() -> tuple[int, int]:
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    available = total
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return total, min(available, total)
+
+
+def gemm_flops(threads: int = 1, n: int = _GEMM_N, runs: int = 30) -> float:
+    """fp32 GEMM FLOP/s of ONNX Runtime on `threads` intra-op threads (best of `runs`)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fine_deploy.runtime import SessionOptions, open_session
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "gemm",
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [n, n]) for x in ("a", "b")],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        onnx.save(model, path)
+        with open_session(path, SessionOptions(threads=threads), "onnxruntime-cpu") as s:
+            rng = np.random.default_rng(0)
+            feeds = {k: rng.standard_normal((n, n)).astype(np.float32) for k in ("a", "b")}
+            s.time_runs(feeds, 3)
+            best = float(s.time_runs(feeds, runs).min())
+    return 2.0 * n**3 / best
+
+
+def copy_bandwidth(nbytes: int = _COPY_BYTES, runs: int = 8) -> float:
+    """Bytes/s moved by a large memcpy (read + write counted), best of `runs`."""
+    import numpy as np
+
+    src = np.ones(nbytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * nbytes / best
+
+
+_EMPTY_SESSION_RSS = r"""
+import resource, sys
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+import numpy, onnx
+from onnx import TensorProto, helper
+g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "e",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
+before = rss()
+import onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1
+s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+s.run(None, {"x": numpy.ones(1, numpy.float32)})
+print(rss() - before)
+"""
+
+
+def runtime_rss_bytes() -> int:
+    """Resident memory ONNX Runtime adds to a process: its libraries plus one empty session."""
+    out = subprocess.run(
+        [sys.executable, "-c", _EMPTY_SESSION_RSS], capture_output=True, text=True, timeout=120, check=True
+    )
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def probe_host(threads: int = 1) -> dict[str, Any]:
+    """Measure this machine's figures for the `host` profile (about 2-3 s)."""
+    total, available = _memory()
+    gemm = gemm_flops(threads)
+    bw = copy_bandwidth()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {
+        "peak_flops": {"fp32": gemm},
+        "memory_bandwidth": bw,
+        "memory_bytes": total,
+        "usable_memory_bytes": available,
+        "runtime_overhead_bytes": runtime_rss_bytes(),
+        # an empty ONNX Runtime run from Python costs ~10 us; the calibration replaces this guess
+        "launch_overhead_s": 2.0e-6,
+        "probed": {"cores": cores, "threads": threads, "gemm_n": _GEMM_N, "copy_bytes": _COPY_BYTES},
+    }
