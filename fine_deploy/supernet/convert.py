@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +88,7 @@ def _width_section(model: nn.Module, calib: torch.Tensor | None) -> dict:
     return {
         "knobs": ofa.width_knobs(model),
         "criterion": "gradient" if calib is not None else "magnitude",
-        "groups": [
-            {"key": g.key, "stage": g.stage, "size": g.size, "members": [list(m) for m in g.members]}
-            for g in groups
-        ],
+        "groups": [asdict(g) for g in groups],
         "importance": {k: [float(x) for x in v] for k, v in imp.items()},
         "orders": ofa.channel_orders(imp),
         "allocations": {

@@ -261,7 +261,7 @@ class Supernet:
 def load_supernet(path: str | Path | None = None) -> Supernet:
     """A supernet directory, or the embedded default when `path` is None / "default"."""
     if path is None or str(path) == "default":
-        from fine_deploy.supernet.zoo import default_supernet_path
+        from fine_deploy.zoo import default_supernet_path
 
         return Supernet.load(default_supernet_path())
     return Supernet.load(path)
