@@ -169,11 +169,16 @@ def measure_boundaries(timer: Timer, shapes: list[LayerShape], seed: int = 0) ->
 
 
 def calibrate_overhead(
-    timer: Timer, lut: Lut, shapes: list[LayerShape], subnets: int, seed: int = 0
+    timer: Timer,
+    lut: Lut,
+    shapes: list[LayerShape],
+    subnets: int,
+    seed: int = 0,
+    ranks: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """Time a few random whole subnets; the fixed overhead is their median excess over Σ layers."""
     rng = random.Random(seed)
-    chains = [random_chain(shapes, rng) for _ in range(subnets)]
+    chains = [random_chain(shapes, rng, ranks=ranks) for _ in range(subnets)]
     timings = timer.time([build_chain(c, seed=i) for i, c in enumerate(chains)], seed=seed)
     lut.calibration = {}
     base = [predict_latency(c, lut).seconds for c in chains]
@@ -257,7 +262,7 @@ def profile(
             lut.save(path)
         lut.entries = {c.key(): done[c.key()] for _, cs in plan for c in cs}
         if calibration_subnets:
-            lut.calibration = calibrate_overhead(timer, lut, shapes, calibration_subnets)
+            lut.calibration = calibrate_overhead(timer, lut, shapes, calibration_subnets, ranks=ranks)
         bar.advance(task, calibration_subnets)
     lut.roofline = fit_roofline(list(lut.entries.values())).to_dict()
     lut.complete = True
