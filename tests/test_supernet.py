@@ -7,7 +7,7 @@ import torch
 from conftest import dit_inputs, make_dit, make_unet, run, unet_inputs
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.supernet.core import Supernet, SubnetConfig
+from fine_deploy.supernet.core import SubnetConfig, Supernet
 from fine_deploy.supernet.layers import set_sigma_only
 from fine_deploy.supernet.types import dense_parameters, find_types
 
@@ -71,11 +71,11 @@ def test_output_error_falls_monotonically_with_rank(which, request):
     for frac in (0.125, 0.25, 0.5, 0.75, 1.0):
         ranks = {t.name: max(1, round(t.max_rank * frac)) for t in sn.types}
         errs.append(rel_err(run(sn.subnet(SubnetConfig(ranks=ranks)), inputs), ref))
-    assert all(a >= b - 1e-7 for a, b in zip(errs, errs[1:])), errs
+    assert all(a >= b - 1e-7 for a, b in zip(errs, errs[1:], strict=False)), errs
     assert errs[0] > 10 * errs[-1]
     for t in sn.types:
         e = [t.reconstruction_error[str(r)] for r in t.rank_options]
-        assert all(a >= b - 1e-7 for a, b in zip(e, e[1:])), (t.name, e)
+        assert all(a >= b - 1e-7 for a, b in zip(e, e[1:], strict=False)), (t.name, e)
 
 
 def test_factorised_module_matches_folded_subnet_and_rank_knob(dit_supernet):

@@ -54,7 +54,7 @@ def load_diffusers_model(path: Path) -> nn.Module:
     cls = backbone_class(cls_name or "<missing _class_name>")
     try:
         return cls.from_pretrained(str(path), use_safetensors=True).eval()
-    except (OSError, EnvironmentError, ValueError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FineDeployError(f"{path}: diffusers could not load the model ({first})") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +52,29 @@ def summary(sn: Supernet) -> dict[str, Any]:
     }
 
 
+def wide_console() -> Console:
+    """A terminal keeps its width; piped output gets room for a whole table row instead of rich's 80."""
+    return Console() if sys.stdout.isatty() else Console(width=140)
+
+
 def _fmt(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n)
 
 
 def render(s: dict[str, Any], console: Console) -> None:
-    console.print(f"[bold]{s['backbone']}[/] supernet  {s['path'] or ''}  hash {s['content_hash'][:12]}")
-    tab = Table(title="shared-basis types (W_l = U_t·diag σ_l·V_tᵀ)")
-    for col in ("type", "kind", "L", "m1×m2", "rank options", "params dense → shared@r", "rel. error@r"):
-        tab.add_column(col, overflow="fold")
+    console.print(f"[bold]{s['backbone']}[/] supernet {s['path'] or ''} (hash {s['content_hash'][:12]})")
+    tab = Table(title="types: W_l = U_t·diag(σ_l)·V_tᵀ, at the smallest / middle / largest rank option")
+    for col in ("type", "kind", "L", "m1×m2", "n opts", "ranks", "dense", "shared-basis", "rel. err"):
+        tab.add_column(col, no_wrap=True)
     for t in s["types"]:
         opts = t["rank_options"]
-        shown = [opts[0], opts[len(opts) // 2], opts[-1]] if len(opts) > 3 else opts
-        params = ", ".join(f"{_fmt(t['params'][str(r)]['shared_basis'])}@{r}" for r in shown)
-        errs = ", ".join(f"{t['reconstruction_error'].get(str(r), float('nan')):.2g}@{r}" for r in shown)
+        shown = [opts[0], opts[len(opts) // 2], opts[-1]] if len(opts) > 2 else opts
         tab.add_row(
-            t["name"], t["kind"], str(t["layers"]), f"{t['shape'][0]}×{t['shape'][1]}",
-            f"{opts[0]}…{opts[-1]} ({len(opts)})", f"{_fmt(t['params'][str(opts[-1])]['dense'])} → {params}", errs,
+            t["name"], t["kind"], str(t["layers"]), f"{t['shape'][0]}×{t['shape'][1]}", str(len(opts)),
+            "/".join(str(r) for r in shown),
+            _fmt(t["params"][str(opts[-1])]["dense"]),
+            "/".join(_fmt(t["params"][str(r)]["shared_basis"]) for r in shown),
+            "/".join(f"{t['reconstruction_error'].get(str(r), float('nan')):.2g}" for r in shown),
         )
     console.print(tab)
     tot = s["totals"]
@@ -90,5 +97,5 @@ def inspect(supernet: str | Path | None = None, *, as_json: bool = False) -> dic
     if as_json:
         print(json.dumps(s, indent=2, sort_keys=True))
     else:
-        render(s, Console())
+        render(s, wide_console())
     return s
