@@ -107,7 +107,7 @@ def profile_cmd(
 
 @command("bench")
 def bench_cmd(
-    artifacts: list[Path] = typer.Argument(..., help="Export directories or model files; several run interleaved."),
+    artifacts: list[Path] = typer.Argument(..., help="Artifact dirs or model files (run interleaved)."),
     runs: int = typer.Option(30, "--runs", "-n", help="Timed runs per model."),
     json_path: Path | None = typer.Option(None, "--json", help="Write the result here (bench.json)."),
     steps: int = typer.Option(1, "--steps", help="Sampler steps, for the per-image latency."),
@@ -115,11 +115,19 @@ def bench_cmd(
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: the runtime's)."),
     batch: int = typer.Option(1, "--batch", help="Batch size for inputs with a dynamic leading dim."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs per model first."),
-    time_budget: float | None = typer.Option(None, "--time-budget", help="Seconds to keep timing instead of --runs."),
+    time_budget: float | None = typer.Option(
+        None, "--time-budget", help="Seconds of timing instead of --runs."
+    ),
     order: str = typer.Option("interleaved", "--order", help="interleaved (run by run) or sequential."),
-    spinning: bool = typer.Option(False, "--spinning/--no-spinning", help="ONNX Runtime thread spin-waiting."),
-    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime-cpu/-cuda/-tensorrt, tensorrt, coreml."),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="Time the calibration GEMM too."),
+    spinning: bool = typer.Option(
+        False, "--spinning/--no-spinning", help="ONNX Runtime thread spin-waiting."
+    ),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto, onnxruntime-cpu|cuda|tensorrt, tensorrt, coreml."
+    ),
+    calibrate: bool = typer.Option(
+        True, "--calibrate/--no-calibrate", help="Also time the calibration GEMM."
+    ),
 ) -> None:
     """Time exported artifacts: median/mean/std/p90/p99, throughput, per-image latency, memory."""
     from fine_deploy.bench.run import bench
@@ -136,7 +144,7 @@ def report_cmd(
     current: str = typer.Option(..., "--current", help="Current bench.json (or bench.json::MODEL)."),
     threshold: str = typer.Option("5%", "--threshold", help="Smallest change that counts, e.g. 5%."),
     fmt: str = typer.Option("md", "--format", help="md, json or junit."),
-    output: Path | None = typer.Option(None, "-o", "--output", help="Write the report here (default: stdout)."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Report file (default: stdout)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the distributions."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide by each run's calibration GEMM time."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test."),

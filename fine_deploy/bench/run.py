@@ -1,0 +1,323 @@
+"""``fine-deploy bench``: time exported artifacts, several at once, interleaved run by run."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fine_deploy.bench.schema import BenchResult, BenchSettings, Calibration, ModelResult
+from fine_deploy.bench.stats import ESTIMATOR, summarize
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import atomic_write_json, sha256_file
+from fine_deploy.runtime import Session, SessionOptions, machine_fingerprint, open_session, resolve_artifact
+
+ORDERS = ("interleaved", "sequential")
+ORDER_DETAIL = {
+    "interleaved": "each round times every model once (and the calibration kernel), "
+    "alternating forward and reverse order (ABBA), so slow drifts of the machine hit all models alike",
+    "sequential": "all runs of one model, then all runs of the next",
+}
+TIMER = "time.perf_counter around one Session.run (TensorRT: enqueue + synchronize), one sample per run"
+_SHAPE = re.compile(r"^([^=\s]+)=(\d+(?:x\d+)*)$")
+
+
+def parse_shapes(specs: Sequence[str] | Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    """``["latent=1x4x16x16", "t=1"]`` -> ``{"latent": (1, 4, 16, 16), "t": (1,)}``."""
+    if not specs:
+        return {}
+    if isinstance(specs, Mapping):
+        return {k: tuple(int(d) for d in v) for k, v in specs.items()}
+    out: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        m = _SHAPE.match(spec.strip())
+        if not m:
+            raise FineDeployError(
+                f"--shape {spec!r} is not NAME=DxDx...; write e.g. --shape sample=1x4x16x16"
+            )
+        out[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+    return out
+
+
+def _rss_bytes() -> int | None:
+    """Current resident set size (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique names: the artifact's directory or file stem, suffixed when repeated."""
+    names: list[str] = []
+    for p in paths:
+        base = p.stem if p.is_file() or p.suffix else p.name
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+class _Entry:
+    def __init__(
+        self, name: str, path: Path, session: Session, feeds: dict[str, np.ndarray], memory: dict
+    ) -> None:
+        self.name, self.path, self.session, self.feeds, self.memory = name, path, session, feeds, memory
+        self.samples: list[float] = []
+
+
+def _progress(enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def bench(
+    paths: Sequence[str | Path],
+    runs: int = 30,
+    json_path: str | Path | None = None,
+    *,
+    steps: int = 1,
+    shapes: Sequence[str] | Mapping[str, Sequence[int]] | None = None,
+    threads: int | None = None,
+    batch: int = 1,
+    warmup: int = 5,
+    time_budget_s: float | None = None,
+    order: str = "interleaved",
+    spinning: bool = False,
+    backend: str = "auto",
+    calibrate: bool = True,
+    labels: Sequence[str] | None = None,
+    progress: bool = True,
+    show: bool = True,
+) -> BenchResult:
+    """Benchmark every artifact in ``paths`` in one process and write ``json_path`` (bench.json).
+
+    Each model is loaded and warmed up, then timed ``runs`` times (or for ``time_budget_s``
+    seconds, at least 5 rounds) in ``order``; the calibration GEMM is timed in every round.
+    Inputs come from the artifact's declared shapes, ``shapes`` overriding by input name.
+    """
+    if not paths:
+        raise FineDeployError("no artifact given; pass one or more export directories or model files")
+    if order not in ORDERS:
+        raise FineDeployError(f"unknown run order {order!r}; use one of {', '.join(ORDERS)}")
+    if runs < 1 or warmup < 0 or steps < 1 or batch < 1 or (threads is not None and threads < 1):
+        raise FineDeployError("--runs, --steps, --batch and --threads must be positive and --warmup >= 0")
+    if time_budget_s is not None and time_budget_s <= 0:
+        raise FineDeployError("--time-budget must be a positive number of seconds")
+    overrides = parse_shapes(shapes)
+    resolved = [Path(p) for p in paths]
+    for p in resolved:
+        resolve_artifact(p)  # fail on a bad path before spending time loading the others
+    names = list(labels) if labels else _labels(resolved)
+    if len(names) != len(resolved) or len(set(names)) != len(names):
+        raise FineDeployError("labels must be unique, one per artifact")
+    unused = set(overrides)
+    options = SessionOptions(threads=threads, spinning=spinning)
+
+    entries: list[_Entry] = []
+    for name, path in zip(names, resolved, strict=True):
+        rss0, peak0 = _rss_bytes(), _peak_rss_bytes()
+        session = open_session(path, options, backend, shapes=overrides or None)
+        mine = {k: v for k, v in overrides.items() if k in {s.name for s in session.inputs}}
+        unused -= set(mine)
+        feeds = session.make_feeds(mine, batch=batch, seed=0)
+        for _ in range(max(warmup, 1)):  # at least one: the first run allocates and compiles
+            session.run(feeds)
+        rss1, peak1 = _rss_bytes(), _peak_rss_bytes()
+        memory = {
+            "rss_increase_bytes": (rss1 - rss0) if rss0 is not None and rss1 is not None else None,
+            "peak_rss_increase_bytes": (peak1 - peak0) if peak0 is not None and peak1 is not None else None,
+            "device_peak_bytes": session.peak_device_memory()
+            if hasattr(session, "peak_device_memory")
+            else None,
+        }
+        entries.append(_Entry(name, path, session, feeds, memory))
+    if unused:
+        raise FineDeployError(
+            f"--shape names input(s) {', '.join(sorted(unused))} that no benchmarked model has"
+        )
+
+    from fine_deploy.bench.calibration import CalibrationKernel
+
+    cal = CalibrationKernel(options) if calibrate else None
+    if cal is not None:
+        for _ in range(max(warmup, 1)):
+            cal.time_once()
+    cal_samples: list[float] = []
+
+    max_rounds = runs if time_budget_s is None else 1_000_000
+    start = time.perf_counter()
+    with _progress(progress) as bar:
+        total = max_rounds if time_budget_s is None else None
+        task = bar.add_task("benchmarking", total=total)
+        if order == "interleaved":
+            r = 0
+            while r < max_rounds:
+                seq = entries if r % 2 == 0 else entries[::-1]
+                for e in seq:
+                    e.samples.append(float(e.session.time_runs(e.feeds, 1)[0]))
+                if cal is not None:
+                    cal_samples.append(cal.time_once())
+                r += 1
+                bar.advance(task)
+                if time_budget_s is not None and r >= 5 and time.perf_counter() - start >= time_budget_s:
+                    break
+        else:
+            per_model = None if time_budget_s is None else time_budget_s / len(entries)
+            for e in entries:
+                t0 = time.perf_counter()
+                while len(e.samples) < max_rounds:
+                    e.samples.append(float(e.session.time_runs(e.feeds, 1)[0]))
+                    if cal is not None:
+                        cal_samples.append(cal.time_once())
+                    if (
+                        per_model is not None
+                        and len(e.samples) >= 5
+                        and time.perf_counter() - t0 >= per_model
+                    ):
+                        break
+                bar.advance(task, len(e.samples) / len(entries))
+
+    models = []
+    for e in entries:
+        st = summarize(e.samples)
+        models.append(
+            ModelResult(
+                name=e.name,
+                path=str(e.path),
+                sha256=sha256_file(e.session.model_path) if e.session.model_path.is_file() else None,
+                format=resolve_artifact(e.path).format,
+                backend=e.session.backend,
+                providers=list(e.session.providers),
+                session=e.session.describe(),
+                input_shapes={k: list(v.shape) for k, v in e.feeds.items()},
+                samples_s=e.samples,
+                stats=st,
+                throughput_per_s=batch / st["median"],
+                per_image_s=st["median"] * steps / batch,
+                memory=e.memory,
+            )
+        )
+        e.session.close()
+    calibration = None
+    if cal is not None:
+        from fine_deploy.bench import calibration as calmod
+
+        calibration = Calibration(
+            kernel=calmod.KERNEL,
+            flops=calmod.FLOPS,
+            samples_s=cal_samples,
+            median_s=float(np.median(cal_samples)),
+            session=cal.describe(),
+        )
+    result = BenchResult(
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        run_id=uuid.uuid4().hex,
+        machine=machine_fingerprint(),
+        settings=BenchSettings(
+            runs=len(entries[0].samples),
+            warmup=max(warmup, 1),
+            steps=steps,
+            batch=batch,
+            threads=threads,
+            spinning=spinning,
+            backend=backend,
+            run_order=order,
+            order_detail=ORDER_DETAIL[order],
+            estimator=ESTIMATOR,
+            timer=TIMER,
+            time_budget_s=time_budget_s,
+        ),
+        calibration=calibration,
+        models=models,
+    )
+    if json_path is not None:
+        atomic_write_json(json_path, result.to_dict())
+    if show:
+        print_bench(result)
+    return result
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f}"
+
+
+def print_bench(result: BenchResult) -> None:
+    """The rich table of a bench result (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result.settings
+    table = Table(
+        title=f"fine-deploy bench · {s.runs} runs {s.run_order} · batch {s.batch} · steps {s.steps}",
+        caption=_caption(result),
+    )
+    for col in (
+        "model",
+        "backend",
+        "median ms",
+        "mean ms",
+        "std ms",
+        "p90 ms",
+        "p99 ms",
+        "min ms",
+        "img/s",
+        f"s/img@{s.steps}",
+        "ΔRSS MiB",
+    ):
+        table.add_column(col, justify="left" if col in ("model", "backend") else "right")
+    for m in result.models:
+        st = m.stats
+        rss = m.memory.get("rss_increase_bytes")
+        table.add_row(
+            m.name,
+            ",".join(p.replace("ExecutionProvider", "") for p in m.providers),
+            _ms(st["median"]),
+            _ms(st["mean"]),
+            _ms(st["std"]),
+            _ms(st["p90"]),
+            _ms(st["p99"]),
+            _ms(st["min"]),
+            f"{m.throughput_per_s:.1f}",
+            f"{m.per_image_s:.4f}",
+            f"{rss / 2**20:.1f}" if rss is not None else "-",
+        )
+    console = Console()
+    if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(table)
+
+
+def _caption(result: BenchResult) -> str:
+    m = result.machine
+    threads = result.settings.threads or "default"
+    cal = f" · calibration GEMM {_ms(result.calibration.median_s)} ms" if result.calibration else ""
+    spin = "on" if result.settings.spinning else "off"
+    return f"{m.get('cpu_model')} · {m.get('usable_cores')} cores · threads {threads} · spinning {spin}{cal}"

@@ -1,0 +1,130 @@
+"""bench.json: the versioned record of one benchmark run (several models, measured interleaved)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fine_deploy.errors import FineDeployError
+
+SCHEMA = 1
+KIND = "fine-deploy/bench"
+
+
+@dataclass
+class BenchSettings:
+    runs: int
+    warmup: int
+    steps: int
+    batch: int
+    threads: int | None
+    spinning: bool
+    backend: str
+    run_order: str  # "interleaved" | "sequential"
+    order_detail: str
+    estimator: str
+    timer: str
+    time_budget_s: float | None = None
+
+
+@dataclass
+class Calibration:
+    """A fixed GEMM timed in the same rounds as the models: a yardstick for cross-run ratios."""
+
+    kernel: str
+    flops: float
+    samples_s: list[float]
+    median_s: float
+    session: dict[str, Any]
+
+
+@dataclass
+class ModelResult:
+    name: str
+    path: str
+    sha256: str | None
+    format: str
+    backend: str
+    providers: list[str]
+    session: dict[str, Any]
+    input_shapes: dict[str, list[int]]
+    samples_s: list[float]
+    stats: dict[str, float]
+    throughput_per_s: float  # images per second for one denoiser call at ``batch``
+    per_image_s: float  # seconds per image for a sampler of ``steps`` calls
+    memory: dict[str, int | None]
+
+
+@dataclass
+class BenchResult:
+    created: str
+    run_id: str
+    machine: dict[str, Any]
+    settings: BenchSettings
+    calibration: Calibration | None
+    models: list[ModelResult] = field(default_factory=list)
+    schema: int = SCHEMA
+    kind: str = KIND
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model(self, name: str) -> ModelResult:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "bench.json") -> BenchResult:
+        if not isinstance(d, dict) or d.get("kind") != KIND:
+            raise FineDeployError(
+                f"{source} is not a fine-deploy bench result; pass a file written by fine-deploy bench"
+            )
+        if d.get("schema") != SCHEMA:
+            raise FineDeployError(
+                f"{source} has bench schema {d.get('schema')!r}, this version reads {SCHEMA}; "
+                "re-run fine-deploy bench with this version"
+            )
+        try:
+            settings = BenchSettings(**_known(BenchSettings, d["settings"]))
+            cal = d.get("calibration")
+            calibration = Calibration(**_known(Calibration, cal)) if cal else None
+            models = [ModelResult(**_known(ModelResult, m)) for m in d["models"]]
+            result = cls(
+                created=d["created"],
+                run_id=d["run_id"],
+                machine=d["machine"],
+                settings=settings,
+                calibration=calibration,
+                models=models,
+            )
+        except (KeyError, TypeError) as e:
+            raise FineDeployError(
+                f"{source} is missing or has a malformed field ({e}); re-run fine-deploy bench"
+            ) from None
+        for m in models:
+            if not m.samples_s or not all(isinstance(s, (int, float)) and s > 0 for s in m.samples_s):
+                raise FineDeployError(
+                    f"{source}: model {m.name} has no positive timing samples; re-run fine-deploy bench"
+                )
+        return result
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Fields of ``cls`` present in ``d``: newer minor additions to a schema-1 file are ignored."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def load_bench(path: str | Path) -> BenchResult:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FineDeployError(f"{path} does not exist; run fine-deploy bench --json {path} first") from None
+    except (OSError, ValueError) as e:
+        raise FineDeployError(f"{path} is not valid JSON ({e}); re-run fine-deploy bench") from None
+    return BenchResult.from_dict(data, str(path))
