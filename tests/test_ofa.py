@@ -136,6 +136,36 @@ def test_new_shortcut_is_an_exact_selection(unet, orders):
     assert conv.bias.abs().max().item() == 0.0
 
 
+def test_index_map_and_new_tensors_rebuild_the_sliced_state(unet, orders):
+    # what an exporter does with foreign weights laid out like the supernet: select, then add
+    widths = {"stage1": 40, "stage2": 24}
+    index = ofa.width_index_map(unet, widths, orders)
+    added = ofa.width_new_tensors(unet, widths, orders)
+    assert set(added) == {"down_blocks.2.resnets.0.conv_shortcut.weight", "down_blocks.2.resnets.0.conv_shortcut.bias"}
+    rebuilt = dict(added)
+    for name, t in unet.state_dict().items():
+        for dim, idx in index.get(name, {}).items():
+            t = t.index_select(dim, idx)
+        rebuilt[name] = t
+    sliced = ofa.slice_widths(unet, widths, orders).state_dict()
+    assert rebuilt.keys() == sliced.keys()
+    assert all(torch.equal(rebuilt[k], sliced[k]) for k in sliced)
+    assert ofa.width_new_tensors(unet, {"stage1": 40, "stage2": 40}, orders) == {}
+
+
+def test_single_head_attention_is_cut_channel_by_channel():
+    torch.manual_seed(4)
+    model = UNet2DModel(**{**TINY, "attention_head_dim": None}).eval()
+    attn = [g for g in ofa.channel_groups(model) if g.key.endswith("to_v")]
+    assert attn and all(g.unit == 1 for g in attn)
+    assert ofa.width_knobs(model)["stage1"] == [8, 16, 24, 40, 48, 56, 64]
+    orders = ofa.channel_orders(ofa.channel_importance(model, ofa.channel_groups(model)))
+    sliced = ofa.slice_widths(model, {"stage1": 24}, orders)
+    assert (
+        sliced.down_blocks[1].attentions[0].heads == 1 and sliced.down_blocks[1].attentions[0].to_q.out_features == 24
+    )
+
+
 def test_subnets_are_nested(unet, orders):
     small = ofa.width_index_map(unet, {"stage1": 16, "stage2": 24}, orders)
     large = ofa.width_index_map(unet, {"stage1": 40, "stage2": 48}, orders)

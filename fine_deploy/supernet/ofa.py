@@ -27,9 +27,9 @@ became equal) is not expressible and is refused.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -271,20 +271,26 @@ def dependency_groups(
         model.train(was_training)
 
 
-_GROUP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Groups depend only on the architecture, and building the graph traces the model (seconds for a real
+# UNet), so every model with the same class, config and parameter shapes shares one entry.
+_GROUP_CACHE: dict[tuple, list[ChannelGroup]] = {}
+_GROUP_CACHE_SIZE = 16
 
 
 def _signature(model: nn.Module) -> tuple:
-    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    config = json.dumps(
+        {k: v for k, v in dict(model.config).items() if not k.startswith("_")}, sort_keys=True, default=str
+    )
+    shapes = tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+    return type(model).__name__, config, shapes
 
 
 def channel_groups(model: nn.Module) -> list[ChannelGroup]:
     """Every coupled channel group of a UNet2DModel that some stage >= 1 width cuts."""
     _check_supported(model)
     sig = _signature(model)
-    cached = _GROUP_CACHE.get(model)
-    if cached is not None and cached[0] == sig:
-        return cached[1]
+    if sig in _GROUP_CACHE:
+        return _GROUP_CACHE[sig]
     cfg = _config(model)
     modules = dict(model.named_modules())
     groups: list[ChannelGroup] = []
@@ -304,11 +310,14 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
         if not members or all(m.stage == 0 for m in members):
             continue
         is_attn = re.search(r"attentions\.\d+\.to_[qkv]$", root) is not None
-        unit = (cfg.attention_head_dim or size) if is_attn else 1
+        # attention_head_dim=None means one head as wide as the stage: channels go one by one
+        unit = (cfg.attention_head_dim or 1) if is_attn else 1
         root_stage = next(m.stage for m in members if m.param.startswith(root + "."))
         groups.append(ChannelGroup(root, root_stage, int(size), int(unit), tuple(members)))
     groups.sort(key=lambda g: g.key)
-    _GROUP_CACHE[model] = (sig, groups)
+    if len(_GROUP_CACHE) >= _GROUP_CACHE_SIZE:
+        _GROUP_CACHE.pop(next(iter(_GROUP_CACHE)))
+    _GROUP_CACHE[sig] = groups
     return groups
 
 
@@ -530,25 +539,40 @@ def width_index_map(
     return out
 
 
-def _selection_shortcut(
-    model: nn.Module, groups: list[ChannelGroup], resnet: str, widths: dict[str, int], orders, new_boc
-) -> torch.Tensor:
-    """Weight of a 1x1 conv that maps the kept input channels onto the kept output channels of one group."""
+def width_new_tensors(
+    model: nn.Module, widths: dict[str, int], orders: dict[str, list[int]]
+) -> dict[str, torch.Tensor]:
+    """Tensors that only the sliced config has: 1x1 ``conv_shortcut``s of first resnets whose in and out
+    widths were equal and now differ, as exact 0/1 selections (bias zero) between the kept channels.
+
+    :func:`width_index_map` plus these give the sliced state dict for any weights laid out like ``model``.
+    """
     old_boc = [int(c) for c in _config(model).block_out_channels]
-    for g in groups:
-        ins = [m for m in g.members if m.param == f"{resnet}.norm1.weight"]
-        outs = [m for m in g.members if m.param == f"{resnet}.conv2.weight" and m.dim == 0]
-        if ins and outs:
-            order = list(orders[g.key])
-            kin = _kept_channels(order, _member_width(g, ins[0], old_boc, new_boc), g.size).tolist()
-            kout = _kept_channels(order, _member_width(g, outs[0], old_boc, new_boc), g.size).tolist()
-            w = torch.zeros(len(kout), len(kin), 1, 1)
-            pos = {c: j for j, c in enumerate(kin)}
-            for i, c in enumerate(kout):
-                if c in pos:
-                    w[i, pos[c], 0, 0] = 1.0
-            return w
-    raise RuntimeError(f"no identity-coupled group found for {resnet}")  # a bug, not user input
+    new_boc = check_widths(model, widths)
+    groups = channel_groups(model)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(1, len(old_boc)):
+        if old_boc[i - 1] != old_boc[i] or new_boc[i - 1] == new_boc[i]:
+            continue
+        resnet = f"down_blocks.{i}.resnets.0"
+        for g in groups:
+            ins = [m for m in g.members if m.param == f"{resnet}.norm1.weight"]
+            outs = [m for m in g.members if m.param == f"{resnet}.conv2.weight" and m.dim == 0]
+            if ins and outs:
+                order = list(orders[g.key])
+                kin = _kept_channels(order, _member_width(g, ins[0], old_boc, new_boc), g.size).tolist()
+                kout = _kept_channels(order, _member_width(g, outs[0], old_boc, new_boc), g.size).tolist()
+                w = torch.zeros(len(kout), len(kin), 1, 1)
+                pos = {c: j for j, c in enumerate(kin)}
+                for r, c in enumerate(kout):
+                    if c in pos:
+                        w[r, pos[c], 0, 0] = 1.0
+                out[f"{resnet}.conv_shortcut.weight"] = w
+                out[f"{resnet}.conv_shortcut.bias"] = torch.zeros(len(kout))
+                break
+        else:  # identity shortcut means one coupled group; not finding it is a bug
+            raise RuntimeError(f"no identity-coupled group found for {resnet}")
+    return out
 
 
 def slice_widths(model: nn.Module, widths: dict[str, int], orders: dict[str, list[int]]) -> nn.Module:
@@ -561,22 +585,18 @@ def slice_widths(model: nn.Module, widths: dict[str, int], orders: dict[str, lis
 
     new_boc = check_widths(model, widths)
     index = width_index_map(model, widths, orders)
-    groups = channel_groups(model)
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config["block_out_channels"] = tuple(new_boc)
     new = UNet2DModel(**config)
     old_state = model.state_dict()
     new_state = new.state_dict()
     state = {}
+    added = width_new_tensors(model, widths, orders)
     for name, target in new_state.items():
         if name not in old_state:
-            m = re.fullmatch(r"(.*)\.conv_shortcut\.(weight|bias)", name)
-            if m is None:
+            if name not in added or added[name].shape != target.shape:
                 raise RuntimeError(f"sliced model has an unexpected new tensor {name}")
-            if m.group(2) == "bias":
-                state[name] = torch.zeros_like(target)
-            else:
-                state[name] = _selection_shortcut(model, groups, m.group(1), widths, orders, new_boc)
+            state[name] = added[name].to(target.dtype)
             continue
         t = old_state[name].detach()
         for dim, idx in index.get(name, {}).items():
