@@ -38,6 +38,7 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
         ranks={BIG.key(): [4], SMALL.key(): [8]},
         protocol=FAST,
         calibration_subnets=3,
+        memory_subnets=4,
         profiles=profiles,
         show_progress=False,
     )
@@ -51,6 +52,8 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
     assert reread.protocol["estimator"] == "min" and reread.protocol["threads"] == 1
     assert reread.runtime_versions["onnxruntime"] and reread.fingerprint["id"]
     assert reread.session["providers"] == ["CPUExecutionProvider"]
+    # ONNX Runtime holds each weight at least once: a measured factor below 1 would mean a broken fit
+    assert reread.memory["weight_factor"] > 0.8 and reread.memory["fitted_on"] == 4
     pred = predict_latency([LayerChoice(BIG)], reread)
     assert pred.layers[0].source == "lut" and pred.seconds > 0
 
@@ -64,6 +67,7 @@ def test_interrupted_profile_resumes(profiles, tmp_path):
         ranks={SMALL.key(): [8]},
         protocol=FAST,
         calibration_subnets=0,
+        memory_subnets=0,
         profiles=profiles,
         show_progress=False,
     )
@@ -80,6 +84,7 @@ def test_interrupted_profile_resumes(profiles, tmp_path):
         ranks={SMALL.key(): [8], BIG.key(): [4]},
         protocol=FAST,
         calibration_subnets=0,
+        memory_subnets=0,
         profiles=profiles,
         show_progress=False,
     )

@@ -30,9 +30,7 @@ def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) ->
         table.add_column(col, no_wrap=col in ("name", "runtime"))
     for r in rows:
         if "peak_flops" not in r:
-            table.add_row(
-                r["name"], ", ".join(map(str, r["aliases"])), r["runtime"], "probed on first use", "", ""
-            )
+            table.add_row(r["name"], ", ".join(map(str, r["aliases"])), r["runtime"], "probed on first use", "", "")
             continue
         peak = r["peak_flops"]
         flops = f"{peak['fp32'] / 1e12:.2f}" + (f" / {peak['fp16'] / 1e12:.1f}" if "fp16" in peak else "")

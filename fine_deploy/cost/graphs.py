@@ -71,9 +71,7 @@ class _Builder:
         else:
             pad = k // 2
             self.nodes.append(
-                helper.make_node(
-                    "Conv", [x, w], [out], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4
-                )
+                helper.make_node("Conv", [x, w], [out], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
             )
 
     def layer(self, x: str, choice: LayerChoice, out: str) -> None:
@@ -126,9 +124,7 @@ def build_chain(layers: list[LayerChoice], *, seed: int = 0, name: str = "chain"
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, _output_dims(layers[-1].shape))],
         initializer=list(bld.inits.values()),
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fine-deploy"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fine-deploy")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
@@ -143,9 +139,7 @@ def build_identity(shape: LayerShape) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fine-deploy"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fine-deploy")
     model.ir_version = 8
     return model
 

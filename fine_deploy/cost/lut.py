@@ -61,6 +61,7 @@ class Lut:
     # fixed overhead of a whole model beyond the empty run, fitted on end-to-end subnet timings
     calibration: dict[str, Any] = field(default_factory=dict)
     roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
+    memory: dict[str, Any] = field(default_factory=dict)  # runtime memory factors (memory.fit_memory)
     complete: bool = False
     schema: int = SCHEMA
 
@@ -78,6 +79,7 @@ class Lut:
             "boundaries": dict(sorted(self.boundaries.items())),
             "calibration": self.calibration,
             "roofline": self.roofline,
+            "memory": self.memory,
             "complete": self.complete,
         }
 
@@ -98,6 +100,7 @@ _FIELDS = {
     "boundaries": dict,
     "calibration": dict,
     "roofline": dict,
+    "memory": dict,
     "complete": bool,
 }
 
@@ -113,9 +116,7 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         )
     for key, typ in _FIELDS.items():
         if key not in data or not isinstance(data[key], typ):
-            raise FineDeployError(
-                f"{where}: field {key!r} is missing or mistyped; re-run `fine-deploy profile`"
-            )
+            raise FineDeployError(f"{where}: field {key!r} is missing or mistyped; re-run `fine-deploy profile`")
     if data["empty_run_s"] < 0:
         raise FineDeployError(f"{where}: empty_run_s is negative; re-run `fine-deploy profile`")
     entries: dict[str, LutEntry] = {}
@@ -123,13 +124,9 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         try:
             entry = LutEntry.from_dict(raw)
         except (TypeError, KeyError, FineDeployError) as e:
-            raise FineDeployError(
-                f"{where}: entry {key} is malformed ({e}); re-run `fine-deploy profile`"
-            ) from None
+            raise FineDeployError(f"{where}: entry {key} is malformed ({e}); re-run `fine-deploy profile`") from None
         if not (entry.raw_s > 0 and entry.seconds >= 0 and entry.macs > 0):
-            raise FineDeployError(
-                f"{where}: entry {key} has non-positive figures; re-run `fine-deploy profile`"
-            )
+            raise FineDeployError(f"{where}: entry {key} has non-positive figures; re-run `fine-deploy profile`")
         entries[key] = entry
     return Lut(
         device=data["device"],
@@ -143,6 +140,7 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         boundaries={str(k): float(v) for k, v in data["boundaries"].items()},
         calibration=data["calibration"],
         roofline=data["roofline"],
+        memory=data["memory"],
         complete=data["complete"],
         schema=data["schema"],
     )
@@ -153,9 +151,7 @@ def load_lut(path: str | os.PathLike) -> Lut:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise FineDeployError(
-            f"LUT {path} does not exist; run `fine-deploy profile --device NAME` first"
-        ) from None
+        raise FineDeployError(f"LUT {path} does not exist; run `fine-deploy profile --device NAME` first") from None
     except (OSError, ValueError) as e:
         raise FineDeployError(
             f"LUT {path} is not readable JSON ({e.__class__.__name__}); re-run `fine-deploy profile`"
@@ -181,9 +177,7 @@ def compatibility_problems(lut: Lut, versions: dict[str, str | None] | None = No
     return problems
 
 
-def check_compatible(
-    lut: Lut, versions: dict[str, str | None] | None = None, *, allow: bool = False
-) -> list[str]:
+def check_compatible(lut: Lut, versions: dict[str, str | None] | None = None, *, allow: bool = False) -> list[str]:
     """Refuse a LUT measured with another runtime version (or, with allow=True, return the warnings)."""
     problems = compatibility_problems(lut, versions)
     if problems and not allow:

@@ -81,8 +81,7 @@ def activation_peak(model: onnx.ModelProto, dim_values: dict[str, int] | None = 
         b = _tensor_bytes(vi, dim_values)
         if b is None:
             raise FineDeployError(
-                f"tensor {name} has an unknown shape after shape inference; "
-                "export with static shapes or give its dims"
+                f"tensor {name} has an unknown shape after shape inference; export with static shapes or give its dims"
             )
         sizes[name] = b
     last_use: dict[str, int] = {}
@@ -104,12 +103,39 @@ def activation_peak(model: onnx.ModelProto, dim_values: dict[str, int] | None = 
     return peak, where
 
 
+def fit_memory(samples: list[tuple[int, int, int]]) -> dict[str, float]:
+    """Fit measured RSS increase = session + weight_factor * weights + activation_factor * activations.
+
+    A runtime holds more than the bare tensors: ONNX Runtime on CPU keeps the initialiser, a
+    pre-packed or NCHWc-reordered copy of it, and an arena rounded to chunks, so the factors are
+    measured (by the profiler, on a few subnets) rather than assumed to be 1.
+    """
+    if len(samples) < 4:
+        raise ValueError("a memory fit needs at least 4 (weights, activations, measured) samples")
+    a = np.array([[1.0, w, act] for w, act, _ in samples])
+    y = np.array([m for _, _, m in samples], dtype=float)
+    coef, *_ = np.linalg.lstsq(a / y[:, None], np.ones_like(y), rcond=None)  # least relative error
+    pred = a @ coef
+    return {
+        "session_bytes": float(coef[0]),
+        "weight_factor": float(coef[1]),
+        "activation_factor": float(coef[2]),
+        "fitted_on": len(samples),
+        "median_abs_rel_error": float(np.median(np.abs(pred / y - 1))),
+    }
+
+
 def predict_memory(
     model: onnx.ModelProto | str | os.PathLike,
     profile: DeviceProfile | None = None,
     dim_values: dict[str, int] | None = None,
+    calibration: dict[str, float] | None = None,
 ) -> MemoryPrediction:
-    """Memory of running `model` on the profile's device (runtime overhead 0 without a profile)."""
+    """Memory of running `model` on the profile's device (runtime overhead 0 without a profile).
+
+    With a LUT's memory `calibration`, weights and activations are scaled by the runtime's measured
+    copy factors and its per-session bytes are added to the runtime share.
+    """
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
         try:
@@ -117,5 +143,10 @@ def predict_memory(
         except Exception:
             raise FineDeployError(f"{path} is not a readable ONNX model; re-export it") from None
     act, where = activation_peak(model, dim_values)
+    weights = weight_bytes(model)
     runtime = profile.runtime_overhead_bytes if profile is not None else 0
-    return MemoryPrediction(weight_bytes(model), act, runtime, where)
+    if calibration:
+        weights = round(weights * calibration["weight_factor"])
+        act = round(act * calibration["activation_factor"])
+        runtime += round(calibration["session_bytes"])
+    return MemoryPrediction(weights, act, runtime, where)

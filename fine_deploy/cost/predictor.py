@@ -43,17 +43,13 @@ class LatencyPrediction:
         return d
 
 
-def layer_cost(
-    choice: LayerChoice, lut: Lut | None, profile: DeviceProfile | None, dtype: str = "fp32"
-) -> LayerCost:
+def layer_cost(choice: LayerChoice, lut: Lut | None, profile: DeviceProfile | None, dtype: str = "fp32") -> LayerCost:
     key = choice.key()
     if lut is not None and key in lut.entries:
         return LayerCost(key, lut.entries[key].seconds, "lut")
     if lut is not None and lut.roofline:
         roof = Roofline.from_dict(lut.roofline)
-        return LayerCost(
-            key, roof.layer_seconds(choice.shape, choice.form, choice.rank, dtype), "roofline-fitted"
-        )
+        return LayerCost(key, roof.layer_seconds(choice.shape, choice.form, choice.rank, dtype), "roofline-fitted")
     if profile is None:
         raise FineDeployError(f"no LUT entry for {key} and no device profile to estimate it; pass --device")
     roof = spec_roofline(profile, dtype)

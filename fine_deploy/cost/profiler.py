@@ -161,9 +161,7 @@ def measure_boundaries(timer: Timer, shapes: list[LayerShape], seed: int = 0) ->
     out = {}
     for i, (key, dims) in enumerate(sorted(tensors.items())):
         sq = LayerChoice(square_layer(dims))
-        empty, one, two = timer.time(
-            [build_identity(sq.shape), build_chain([sq]), build_chain([sq, sq])], seed=i
-        )
+        empty, one, two = timer.time([build_identity(sq.shape), build_chain([sq]), build_chain([sq, sq])], seed=i)
         out[key] = max(0.0, 2 * one.seconds - two.seconds - empty.seconds)
     return out
 
@@ -187,6 +185,25 @@ def calibrate_overhead(
     return {"fixed_s": fixed, "subnets": subnets, "median_abs_rel_error": float(np.median(rel)), "seed": seed}
 
 
+def calibrate_memory(
+    shapes: list[LayerShape], subnets: int, workdir: Path, seed: int = 0, ranks: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
+    """Measure the RSS increase of a few random subnets over their empty graph and fit the memory model."""
+    from fine_deploy.cost.memory import activation_peak, fit_memory, weight_bytes
+    from fine_deploy.cost.rss import rss_increase
+
+    rng = random.Random(seed + 1)
+    samples = []
+    for i in range(subnets):
+        chain = random_chain(shapes, rng, ranks=ranks)
+        model, empty = build_chain(chain, seed=i), build_identity(chain[0].shape)
+        mp, ep = workdir / f"mem{i}.onnx", workdir / f"mem{i}-empty.onnx"
+        onnx.save(model, mp)
+        onnx.save(empty, ep)
+        samples.append((weight_bytes(model), activation_peak(model)[0], rss_increase(mp, ep)))
+    return {**fit_memory(samples), "seed": seed}
+
+
 def profile(
     device: str = "host",
     output: str | os.PathLike | None = None,
@@ -196,6 +213,7 @@ def profile(
     runtime: str | None = None,
     protocol: Protocol | None = None,
     calibration_subnets: int = 12,
+    memory_subnets: int = 8,
     resume: bool = True,
     profiles: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -264,6 +282,8 @@ def profile(
         if calibration_subnets:
             lut.calibration = calibrate_overhead(timer, lut, shapes, calibration_subnets, ranks=ranks)
         bar.advance(task, calibration_subnets)
+        if memory_subnets and backend == "onnxruntime-cpu":
+            lut.memory = calibrate_memory(shapes, memory_subnets, Path(tmp), ranks=ranks)
     lut.roofline = fit_roofline(list(lut.entries.values())).to_dict()
     lut.complete = True
     lut.save(path)

@@ -116,9 +116,7 @@ def validate_profile_dict(data: dict[str, Any], where: str) -> DeviceProfile:
         if not isinstance(data[key], typ) or isinstance(data[key], bool):
             raise FineDeployError(f"profile {where}: field {key!r} has the wrong type; fix the value")
     if data["schema"] != SCHEMA:
-        raise FineDeployError(
-            f"profile {where} has schema {data['schema']}; this version reads schema {SCHEMA}"
-        )
+        raise FineDeployError(f"profile {where} has schema {data['schema']}; this version reads schema {SCHEMA}")
     if data["kind"] not in KINDS:
         raise FineDeployError(f"profile {where}: kind must be one of {', '.join(KINDS)}")
     for dt, v in data["peak_flops"].items():
@@ -164,9 +162,7 @@ def _raw_profiles(directory: Path) -> dict[str, dict[str, Any]]:
     for path in sorted(directory.glob("*.yaml")):
         data = _read_yaml(path)
         if data.get("name") != path.stem:
-            raise FineDeployError(
-                f"profile {path.name} names itself {data.get('name')!r}; name it {path.stem!r}"
-            )
+            raise FineDeployError(f"profile {path.name} names itself {data.get('name')!r}; name it {path.stem!r}")
         out[path.stem] = data
     return out
 
@@ -178,9 +174,7 @@ def alias_table(directory: str | os.PathLike | None = None) -> dict[str, str]:
     for name, data in _raw_profiles(directory).items():
         for alias in [name, *(str(a).lower() for a in data.get("aliases") or [])]:
             if alias in table and table[alias] != name:
-                raise FineDeployError(
-                    f"alias {alias!r} names both {table[alias]} and {name}; keep it in one profile"
-                )
+                raise FineDeployError(f"alias {alias!r} names both {table[alias]} and {name}; keep it in one profile")
             table[alias] = name
     return table
 
@@ -196,9 +190,7 @@ def resolve_name(name: str, directory: str | os.PathLike | None = None) -> str:
     raise FineDeployError(f"unknown device {name!r}; {hint}")
 
 
-def load_profile(
-    name: str, directory: str | os.PathLike | None = None, *, probe: bool = True
-) -> DeviceProfile:
+def load_profile(name: str, directory: str | os.PathLike | None = None, *, probe: bool = True) -> DeviceProfile:
     """The validated profile for `name` (an alias works); `host` is probed and cached."""
     directory = profiles_dir(directory)
     resolved = resolve_name(name, directory)

@@ -32,9 +32,7 @@ def roofline_seconds(
     return max(flops / peak_flops, nbytes / bandwidth) + overhead_s
 
 
-def layer_traffic(
-    shape: LayerShape, form: str, rank: int | None, dtype: str = "fp32"
-) -> tuple[float, float, int]:
+def layer_traffic(shape: LayerShape, form: str, rank: int | None, dtype: str = "fp32") -> tuple[float, float, int]:
     """(FLOPs, bytes moved, kernels) of one layer choice: weights read once, activations written once
     and read once (the intermediate of a factorised form is written and read back)."""
     size = DTYPE_BYTES[dtype]

@@ -41,9 +41,7 @@ class Protocol:
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
-            raise FineDeployError(
-                f"estimator {self.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}"
-            )
+            raise FineDeployError(f"estimator {self.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}")
         if self.clock not in CLOCKS:
             raise FineDeployError(f"clock {self.clock!r} is unknown; use one of {', '.join(CLOCKS)}")
         if self.clock == "thread" and self.threads != 1:
