@@ -148,12 +148,33 @@ def report_cmd(
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the distributions."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide by each run's calibration GEMM time."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test."),
+    metric: str = typer.Option("wall", "--metric", help="wall, or cpu: process CPU time (CPU backends)."),
 ) -> None:
     """Compare current against baseline per model; exit 1 on a latency regression."""
     from fine_deploy.bench.report import report
 
-    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha).regressed:
+    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha, metric).regressed:
         raise typer.Exit(1)
+
+
+@command("export")
+def export_cmd(
+    plan: Path = typer.Option(..., "--plan", help="plan.json written by `fine-deploy plan`."),
+    format: str = typer.Option(..., "--format", help="onnx | trt | coreml | diffusers"),
+    output: Path = typer.Option(..., "-o", "--output", help="Artifact directory to write."),
+    supernet: Path | None = SupernetOpt,
+    fp16: bool = typer.Option(False, "--fp16", help="fp16 weights (ONNX, Core ML, diffusers) / fp16 engine (trt)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Dynamic batch axis (ONNX, TensorRT)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (17..20)."),
+    batch: int | None = typer.Option(None, "--batch", help="Batch size; the plan's when omitted."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Image side; the plan's when omitted."),
+    deployment_target: str = typer.Option("iOS16", "--deployment-target", help="Core ML minimum target."),
+) -> None:
+    """Fold the plan's subnet into its kernel forms and write a checked artifact + manifest.json."""
+    from fine_deploy.export import export
+
+    export(plan, format, output, supernet=supernet, fp16=fp16, dynamic_batch=dynamic_batch, opset=opset,
+           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False)
 
 
 def main() -> None:

@@ -1,0 +1,263 @@
+"""`export`: SUPERNET + PLAN -> ARTIFACT directory (model + manifest.json), checked against PyTorch.
+
+Everything is written into a temporary sibling directory and renamed into place only after every
+check passed, so a crash or a failed parity check leaves no directory that looks complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.export import parity as par
+from fine_deploy.export.fold import FoldedSubnet, fold_subnet
+from fine_deploy.export.io_names import OUTPUT_NAME, export_inputs, input_ranges, run_torch
+from fine_deploy.export.manifest import FORMATS, MANIFEST, Manifest, tool_versions
+from fine_deploy.export.onnx_export import MIN_OPSET, PROTOBUF_LIMIT, check_opset, export_onnx, initializer_stats
+from fine_deploy.fileio import atomic_directory, atomic_write_bytes
+from fine_deploy.planner.schema import Plan, supernet_for_plan
+from fine_deploy.supernet.core import SubnetConfig, Supernet
+
+ONNX_NAME = "model.onnx"
+COREML_NAME = "model.mlpackage"
+FORMS_NOTE = "stock diffusers has no {forms} layers: those {n} layer(s) are folded dense in this export"
+
+
+def _load_plan(plan: str | Path | Plan) -> Plan:
+    return plan if isinstance(plan, Plan) else Plan.load(plan)
+
+
+def _check_output(output: Path) -> None:
+    if output.exists() and (not output.is_dir() or (any(output.iterdir()) and not (output / MANIFEST).exists())):
+        raise FineDeployError(
+            f"{output} exists and is not a fine-deploy export; choose an empty or new -o directory"
+        )
+
+
+def _resolution(sn: Supernet, resolution: int | None) -> int:
+    cfg = sn.spec.config
+    res = int(resolution or cfg["sample_size"])
+    if sn.spec.backbone == "DiTTransformer2DModel":
+        if res != cfg["sample_size"]:  # the DiT's positional embedding is built for sample_size
+            raise FineDeployError(
+                f"--resolution {res}: this DiT supernet runs at {cfg['sample_size']} only; drop the option"
+            )
+    else:
+        div = 2 ** (len(cfg["block_out_channels"]) - 1)
+        if res < div or res % div:
+            raise FineDeployError(f"--resolution {res} must be a positive multiple of {div} for this UNet")
+    return res
+
+
+def _tensor_specs(inputs: dict[str, torch.Tensor], ranges: dict[str, list[int]], dynamic: bool) -> list[dict]:
+    out = []
+    for k, v in inputs.items():
+        d = {"name": k, "shape": ["batch", *v.shape[1:]] if dynamic else list(v.shape),
+             "dtype": str(v.dtype).replace("torch.", "")}
+        if k in ranges:
+            d["range"] = ranges[k]
+        out.append(d)
+    return out
+
+
+def _feeds(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in inputs.items()}
+
+
+def export(
+    plan: str | Path | Plan,
+    format: str,
+    output: str | Path,
+    *,
+    supernet: str | Path | None = None,
+    fp16: bool = False,
+    dynamic_batch: bool = False,
+    opset: int = MIN_OPSET,
+    batch: int | None = None,
+    resolution: int | None = None,
+    deployment_target: str = "iOS16",
+    seed: int = 0,
+    external_data_threshold: int = PROTOBUF_LIMIT,
+    quiet: bool = True,
+) -> Manifest:
+    """Fold the plan's subnet into its kernel forms, write `format` into `output`, check it, return the manifest."""
+    if format not in FORMATS:
+        raise FineDeployError(f"--format {format!r} is unknown; use one of {', '.join(FORMATS)}")
+    check_opset(opset)
+    if batch is not None and batch < 1:
+        raise FineDeployError(f"--batch {batch} must be >= 1")
+    if dynamic_batch and format == "coreml":
+        raise FineDeployError("--dynamic-batch is not offered for Core ML (flexible shapes run far slower on the "
+                              "Neural Engine); export one package per batch size")
+    output = Path(output)
+    _check_output(output)
+    p = _load_plan(plan)
+    sn = supernet_for_plan(p, supernet)
+    config = sn.validate(SubnetConfig.from_json(p.subnet))
+    batch = int(batch or p.inputs.get("batch") or 1)
+    res = _resolution(sn, resolution or p.inputs.get("resolution"))
+    inputs = export_inputs(sn.spec.backbone, sn.spec.config, batch, res, seed)
+    meta = {"batch": batch, "resolution": res, "seed": seed}
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"export {format}", total=4)
+        step = lambda what: progress.update(task, advance=1, description=f"export {format}: {what}")  # noqa: E731
+        kernels = p.kernels if format != "diffusers" else {}
+        folded = fold_subnet(sn, config, kernels)
+        forms_asked = {k: v for k, v in p.kernels.items() if v != "dense"}
+        ref = run_torch(folded.model, inputs).numpy()
+        step("folded")
+        manifest = Manifest(
+            format=format, model="", backbone=sn.spec.backbone, plan=p.to_json(),
+            supernet={"path": str(supernet or p.supernet.get("path", "default")), "sha256": sn.content_hash},
+            subnet=config.to_json(), kernels=folded.forms,
+            inputs=_tensor_specs(inputs, input_ranges(sn.spec.backbone, sn.spec.config), dynamic_batch),
+            outputs=[{"name": OUTPUT_NAME, "shape": (["batch", *ref.shape[1:]] if dynamic_batch else list(ref.shape)),
+                      "dtype": "float32"}],
+            options={"fp16": fp16, "dynamic_batch": dynamic_batch, "opset": opset, "batch": batch,
+                     "resolution": res, "deployment_target": deployment_target if format == "coreml" else None},
+            weights={"torch": folded.weight_bytes(), "ranks": folded.ranks, "shared_bases": folded.shared_bases},
+            tools=tool_versions(),
+        )
+        # the forms must compute the dense function: checked in torch before any file is written
+        if any(f != "dense" for f in folded.forms.values()):
+            dense = run_torch(sn.subnet(config), inputs).numpy()
+            forms_check = par.compare(ref, dense, runtime="torch-kernel-forms", reference="torch-dense",
+                                      tolerance=1e-4, inputs=meta)
+            par.require(forms_check, "kernel forms")
+            manifest.parity.append(forms_check.to_json())
+        with atomic_directory(output) as tmp:
+            if format in ("onnx", "trt"):
+                _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset, dynamic_batch=dynamic_batch,
+                      fp16=fp16 and format == "onnx", threshold=external_data_threshold)
+                step("onnx written and checked")
+                if format == "trt":
+                    _trt(tmp, inputs, manifest, meta, ref, fp16=fp16, dynamic_batch=dynamic_batch)
+            elif format == "coreml":
+                _coreml(tmp, folded, inputs, ref, manifest, meta, fp16=fp16, target=deployment_target)
+                step("mlpackage written and checked")
+            else:
+                _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
+                step("diffusers folder written and checked")
+            step("parity")
+            manifest.add_files(tmp)
+            manifest.write(tmp)
+            step("manifest")
+    if not quiet:
+        print(f"{output}: {export_summary(manifest)}")
+    return manifest
+
+
+def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
+          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int) -> None:
+    from fine_deploy.export.onnx_export import run_onnx
+
+    files = export_onnx(folded.model, inputs, tmp / ONNX_NAME, opset=opset, dynamic_batch=dynamic_batch,
+                        fp16=fp16, external_data_threshold=threshold)
+    manifest.model = ONNX_NAME
+    manifest.checks["onnx"] = {"checker": "onnx.checker full_check passed", "shape_inference": True,
+                               "external_data": len(files) > 1, "opset": opset}
+    manifest.weights["onnx_initializers"] = initializer_stats(files[0])
+    tol = par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL
+    out, desc = run_onnx(files[0], _feeds(inputs))
+    p = par.compare(out, ref, runtime=desc["backend"], reference="torch", tolerance=tol, inputs=meta)
+    manifest.parity.append(p.to_json())
+    par.require(p, ONNX_NAME)
+    if dynamic_batch:  # prove the batch axis really is dynamic: run another batch size too
+        other = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
+        ref2 = run_torch(folded.model, other).numpy()
+        out2, _ = run_onnx(files[0], _feeds(other))
+        p2 = par.compare(out2, ref2, runtime=desc["backend"], reference="torch", tolerance=tol,
+                         inputs={**meta, "batch": meta["batch"] + 1})
+        manifest.parity.append(p2.to_json())
+        par.require(p2, f"{ONNX_NAME} at batch {meta['batch'] + 1}")
+
+
+def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,
+         fp16: bool, dynamic_batch: bool) -> None:
+    from fine_deploy.export import tensorrt_export as te
+
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    profile = te.profile_shapes(shapes, dynamic_batch, max_batch=max(2, 2 * meta["batch"]))
+    chk = te.check_onnx_for_tensorrt(tmp / ONNX_NAME, profile=True)
+    manifest.checks["tensorrt"] = chk.to_json()
+    te.require_compatible(chk, ONNX_NAME)
+    cmd = te.trtexec_command(ONNX_NAME, profile, dynamic=dynamic_batch, fp16=fp16)
+    atomic_write_bytes(tmp / te.TRTEXEC_FILE, te.trtexec_script(cmd).encode())
+    atomic_write_bytes(tmp / te.BUILD_SCRIPT, te.build_script(ONNX_NAME, profile, fp16=fp16).encode())
+    (tmp / te.TRTEXEC_FILE).chmod(0o755)
+    (tmp / te.BUILD_SCRIPT).chmod(0o755)
+    manifest.checks["tensorrt"].update({"profile": profile, "trtexec": cmd, "build_script": te.BUILD_SCRIPT,
+                                        "engine_built": False})
+    if te.engine_available():
+        engine = te.build_engine_here(tmp)
+        from fine_deploy.runtime import SessionOptions, open_session
+
+        with open_session(engine, SessionOptions(), "tensorrt") as s:
+            out = s.run(_feeds(inputs))[OUTPUT_NAME]
+            versions = s.versions()
+        tol = par.FP16_REL_TOL if fp16 else 1e-3  # TensorRT may pick TF32 tactics for fp32 layers
+        pt = par.compare(out, ref, runtime="tensorrt", reference="torch", tolerance=tol, inputs=meta)
+        manifest.parity.append(pt.to_json())
+        par.require(pt, te.ENGINE)
+        manifest.model = te.ENGINE
+        manifest.checks["tensorrt"].update({"engine_built": True, "built_with": versions})
+    else:
+        manifest.notes.append(
+            f"TensorRT bundle ready; build the engine on the target device: python3 {te.BUILD_SCRIPT} "
+            f"(or sh {te.TRTEXEC_FILE})"
+        )
+
+
+def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
+            meta: dict, *, fp16: bool, target: str) -> None:
+    from fine_deploy.export import coreml_export as ce
+
+    path = tmp / COREML_NAME
+    ce.export_coreml(folded.model, inputs, path, fp16=fp16, deployment_target=target)
+    manifest.model = COREML_NAME
+    manifest.checks["coreml"] = ce.check_package(path, folded.model, inputs, fp16=fp16)
+    feeds = {k: (v.numpy().astype(np.int32) if not v.is_floating_point() else v.numpy()) for k, v in inputs.items()}
+    out = ce.predict(path, feeds)
+    if out is None:
+        manifest.notes.append("Core ML predictions are only compared on macOS; weights and interface were checked here")
+        return
+    p = par.compare(out, ref, runtime="coreml", reference="torch", tolerance=par.FP16_REL_TOL, inputs=meta)
+    manifest.parity.append(p.to_json())
+    if p.psnr_db < par.MIN_PSNR_DB:
+        raise FineDeployError(f"Core ML prediction PSNR {p.psnr_db:.1f} dB is below {par.MIN_PSNR_DB} dB; "
+                              "re-export without --fp16")
+
+
+def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, torch.Tensor], ref: np.ndarray,
+               manifest: Manifest, meta: dict, forms_asked: dict[str, str], *, fp16: bool) -> None:
+    from fine_deploy.supernet.core import backbone_class
+
+    model = sn.subnet(config)
+    if fp16:
+        model = model.half()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    manifest.model = "."
+    if forms_asked:
+        names = sorted(set(forms_asked.values()))
+        manifest.notes.append(FORMS_NOTE.format(forms="/".join(names), n=len(forms_asked)))
+    manifest.kernels = {k: "dense" for k in manifest.kernels}
+    loaded = backbone_class(sn.spec.backbone).from_pretrained(str(tmp)).eval().float()
+    out = run_torch(loaded, inputs).numpy()
+    tol = par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL
+    p = par.compare(out, ref, runtime="diffusers.from_pretrained", reference="torch", tolerance=tol, inputs=meta)
+    manifest.parity.append(p.to_json())
+    par.require(p, "diffusers folder")
+    manifest.checks["diffusers"] = {"config": {k: v for k, v in dict(loaded.config).items() if not k.startswith("_")},
+                                    "from_pretrained": "ok"}
+
+
+def export_summary(m: Manifest) -> str:
+    """One line for the CLI: where the artifact is, how well it matches, and what to do next."""
+    worst = max((p["rel"] for p in m.parity), default=0.0)
+    line = f"exported {m.format} ({m.model}), parity rel. error {worst:.1e}"
+    return line + ("; " + m.notes[-1] if m.notes else "")

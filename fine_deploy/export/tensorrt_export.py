@@ -1,0 +1,237 @@
+"""The TensorRT-ready bundle: an ONNX file checked against what TensorRT accepts, the exact `trtexec`
+line and a standalone build script using the tensorrt Python API.
+
+Engines are tied to one GPU and one TensorRT version, so the engine is normally built on the target
+(the Jetson itself) from the bundle. Where tensorrt imports and an NVIDIA GPU is visible, `export`
+also runs the bundle's own build script here and checks the engine against PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.export.trt_ops import OPSET_RANGE, SUPPORTED_DTYPES, SUPPORTED_OPS, TRT_VERSION
+
+BUILD_SCRIPT = "build_engine.py"
+TRTEXEC_FILE = "trtexec.sh"
+ENGINE = "model.engine"
+TIMING_CACHE = "timing.cache"
+INT32 = (-(2**31), 2**31 - 1)
+
+
+@dataclass
+class TrtCheck:
+    opset: int
+    ops: dict[str, int]  # op type -> node count
+    unsupported: dict[str, list[str]] = field(default_factory=dict)  # op type -> first node names
+    problems: list[str] = field(default_factory=list)
+    dynamic_inputs: list[str] = field(default_factory=list)
+    int64_cast: list[str] = field(default_factory=list)  # int64 weights TensorRT casts to int32 safely
+    target: str = f"TensorRT {TRT_VERSION}"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_onnx_for_tensorrt(path: str | Path, *, profile: bool = False) -> TrtCheck:
+    """What in an ONNX file TensorRT would refuse: ops, opset, dtypes, int64 weights out of int32
+    range, dynamic inputs without an optimisation profile."""
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path), load_external_data=True)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in proto.graph.node)
+    chk = TrtCheck(opset, dict(sorted(ops.items())))
+    lo, hi = OPSET_RANGE
+    if not lo <= opset <= hi:
+        chk.problems.append(
+            f"opset {opset} is outside TensorRT {TRT_VERSION}'s {lo}..{hi}; re-export with --opset {hi}"
+        )
+    for n in proto.graph.node:
+        name = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
+        if n.domain not in ("", "ai.onnx") or n.op_type not in SUPPORTED_OPS:
+            chk.unsupported.setdefault(name, [])
+            if len(chk.unsupported[name]) < 3:
+                chk.unsupported[name].append(n.name or "<unnamed>")
+    for op, nodes in chk.unsupported.items():
+        chk.problems.append(f"op {op} ({ops[op]} node(s), e.g. {nodes[0]}) is not supported by TensorRT {TRT_VERSION}")
+    consumers: dict[str, set[str]] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, set()).add(n.op_type)
+    for init in proto.graph.initializer:
+        if init.data_type not in SUPPORTED_DTYPES:
+            chk.problems.append(f"weight {init.name} has ONNX type {init.data_type}, which TensorRT cannot load")
+        elif init.data_type == 7:  # int64: cast to int32 by older parsers, clamped at ±INT_MAX
+            arr = numpy_helper.to_array(init)
+            if arr.size and (arr.min() < INT32[0] or arr.max() > INT32[1]):
+                # Slice starts/ends use INT64_MAX for "to the end": clamping keeps their meaning
+                if consumers.get(init.name, set()) - {"Slice"}:
+                    chk.problems.append(f"int64 weight {init.name} holds values beyond int32 that TensorRT would clamp")
+                    continue
+            chk.int64_cast.append(init.name)
+    for vi in [*proto.graph.input, *proto.graph.output]:
+        t = vi.type.tensor_type
+        if t.elem_type not in SUPPORTED_DTYPES or t.elem_type == 11:
+            chk.problems.append(
+                f"graph I/O {vi.name} has ONNX type {t.elem_type}; TensorRT I/O must be float/int32/int64/bool"
+            )
+    for vi in proto.graph.input:
+        if any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim):
+            chk.dynamic_inputs.append(vi.name)
+    if chk.dynamic_inputs and not profile:
+        chk.problems.append(f"inputs {', '.join(chk.dynamic_inputs)} are dynamic and no optimisation profile is given")
+    return chk
+
+
+def require_compatible(chk: TrtCheck, name: str) -> None:
+    if not chk.ok:
+        raise FineDeployError(f"{name} is not TensorRT-ready: {chk.problems[0]}"
+                              + (f" (+{len(chk.problems) - 1} more)" if len(chk.problems) > 1 else ""))
+
+
+def profile_shapes(
+    shapes: dict[str, list[int]], dynamic_batch: bool, max_batch: int
+) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max per input: the export shape, or batch 1..max_batch around it when dynamic."""
+    out = {}
+    for name, shape in shapes.items():
+        if dynamic_batch:
+            out[name] = {"min": [1, *shape[1:]], "opt": list(shape), "max": [max_batch, *shape[1:]]}
+        else:
+            out[name] = {"min": list(shape), "opt": list(shape), "max": list(shape)}
+    return out
+
+
+def _spec(profile: dict[str, dict[str, list[int]]], key: str) -> str:
+    return ",".join(f"{n}:{'x'.join(map(str, p[key]))}" for n, p in profile.items())
+
+
+def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, dynamic: bool, fp16: bool,
+                    int8: bool = False, workspace_mib: int = 4096) -> list[str]:
+    cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={ENGINE}", f"--timingCacheFile={TIMING_CACHE}",
+           f"--memPoolSize=workspace:{workspace_mib}"]
+    if dynamic:
+        cmd += [f"--minShapes={_spec(profile, 'min')}", f"--optShapes={_spec(profile, 'opt')}",
+                f"--maxShapes={_spec(profile, 'max')}"]
+    if fp16:
+        cmd.append("--fp16")
+    if int8:
+        cmd.append("--int8")
+    return cmd
+
+
+_SCRIPT = '''#!/usr/bin/env python3
+"""Build the TensorRT engine for model.onnx on THIS machine (written by fine-deploy export).
+
+TensorRT engines only run on the GPU model and TensorRT version that built them, so run this on the
+target device:  python3 build_engine.py  [--fp16/--no-fp16] [--int8] [--workspace-mib N]
+Needs only the tensorrt Python package (JetPack ships it).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import tensorrt as trt
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = json.loads(r"""__SETTINGS__""")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--onnx", default=str(HERE / SETTINGS["onnx"]))
+    ap.add_argument("--engine", default=str(HERE / "__ENGINE__"))
+    ap.add_argument("--timing-cache", default=str(HERE / "__CACHE__"))
+    ap.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=SETTINGS["fp16"])
+    ap.add_argument("--int8", action="store_true", help="needs Q/DQ nodes in the ONNX (no calibrator here)")
+    ap.add_argument("--workspace-mib", type=int, default=SETTINGS["workspace_mib"])
+    args = ap.parse_args()
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(args.onnx):
+        for i in range(parser.num_errors):
+            print(f"build_engine: parse error: {parser.get_error(i)}", file=sys.stderr)
+        return 1
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args.workspace_mib << 20)
+    if args.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if args.int8:
+        config.set_flag(trt.BuilderFlag.INT8)
+    cache_path = Path(args.timing_cache)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    dynamic = [network.get_input(i) for i in range(network.num_inputs) if -1 in tuple(network.get_input(i).shape)]
+    if dynamic:
+        profile = builder.create_optimization_profile()
+        for t in dynamic:
+            p = SETTINGS["profile"][t.name]
+            profile.set_shape(t.name, p["min"], p["opt"], p["max"])
+        config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        print("build_engine: TensorRT could not build the engine; see its log above", file=sys.stderr)
+        return 1
+    tmp = Path(args.engine + ".tmp")
+    tmp.write_bytes(bytes(serialized))
+    tmp.replace(args.engine)
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+    print(f"build_engine: wrote {args.engine} (TensorRT {trt.__version__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+'''
+
+
+def build_script(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, fp16: bool,
+                 workspace_mib: int = 4096) -> str:
+    settings = {"onnx": onnx_name, "profile": profile, "fp16": fp16, "workspace_mib": workspace_mib}
+    return (_SCRIPT.replace("__SETTINGS__", json.dumps(settings, indent=2, sort_keys=True))
+            .replace("__ENGINE__", ENGINE).replace("__CACHE__", TIMING_CACHE))
+
+
+def trtexec_script(cmd: list[str]) -> str:
+    return ("#!/bin/sh\n# Build the TensorRT engine on the target device (engines are tied to its GPU and\n"
+            "# TensorRT version). Written by fine-deploy export.\ncd \"$(dirname \"$0\")\" && \\\n"
+            + " ".join(shlex.quote(c) for c in cmd) + "\n")
+
+
+def engine_available() -> bool:
+    """tensorrt importable and an NVIDIA GPU visible (checked without importing tensorrt)."""
+    from fine_deploy.runtime.backends import available_backends
+
+    return available_backends()["tensorrt"]
+
+
+def build_engine_here(directory: Path, timeout_s: int = 3600) -> Path:
+    """Run the bundle's own build script (the code the device will run) to make the engine here."""
+    r = subprocess.run([sys.executable, str(directory / BUILD_SCRIPT)], capture_output=True, text=True,
+                       timeout=timeout_s)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise FineDeployError(
+            f"TensorRT engine build failed: {last}; the bundle itself is fine, build it on the device"
+        )
+    return directory / ENGINE
