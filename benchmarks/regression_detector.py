@@ -4,7 +4,8 @@ Builds two real ONNX models: A (K chained size×size MatMuls) and B (K+1 of them
 less in wall time because of fixed per-run overhead). Each comparison is one `bench` call that
 times A, A again (a second session of the same file) and B, interleaved run by run; then
 `compare` judges A' against A (any "regressed" is a false positive) and B against A (anything
-but "regressed" is a miss). Prints a table and writes JSON.
+but "regressed" is a miss), on wall time and on process CPU time, paired by round and unpaired.
+Prints a table and writes JSON.
 
     python benchmarks/regression_detector.py                       # the defaults behind the report
     python benchmarks/regression_detector.py --configs all --comparisons 40   # session options / run order
@@ -51,11 +52,18 @@ def run_config(
             calibrate=False,
             **kw,
         )
-        samples.append([np.asarray(m.samples_s) for m in r.models])
+        samples.append(
+            {
+                "wall": [np.asarray(m.samples_s) for m in r.models],
+                "cpu": [np.asarray(m.cpu_samples_s) for m in r.models],
+            }
+        )
     elapsed = time.perf_counter() - t0
-    for method in ("paired", "unpaired"):
-        out[method] = _rates(samples, threshold, method == "paired")
-        out[method].update(seconds=elapsed, **{k: v for k, v in kw.items()})
+    for metric in ("wall", "cpu"):
+        for method in ("paired", "unpaired"):
+            key = f"{metric} time, {method}"
+            out[key] = _rates([s[metric] for s in samples], threshold, method == "paired")
+            out[key].update(seconds=elapsed, metric=metric, method=method, **{k: v for k, v in kw.items()})
     return out
 
 
@@ -88,11 +96,11 @@ def _rates(samples: list[list[np.ndarray]], threshold: float, paired: bool) -> d
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--comparisons", type=int, default=100)
-    ap.add_argument("--runs", type=int, default=40, help="timed runs per model per comparison")
+    ap.add_argument("--runs", type=int, default=60, help="timed runs per model per comparison")
     ap.add_argument("--depth", type=int, default=10, help="MatMuls in A; B has one more (+10%% work)")
-    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threshold", type=float, default=0.05)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1, help="0: the runtime's default")
     ap.add_argument("--configs", choices=["default", "all"], default="default")
     ap.add_argument("--json", default="benchmarks/results/regression_detector.json")
     args = ap.parse_args(argv)
@@ -106,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         a = write_matmul_chain(Path(tmp) / "a.onnx", args.depth, args.size, rows=args.size)
         b = write_matmul_chain(Path(tmp) / "b.onnx", args.depth + 1, args.size, rows=args.size, seed=1)
         for name, kw in configs.items():
-            res = run_config(a, b, args.comparisons, args.runs, args.threshold, args.threads, **kw)
+            res = run_config(a, b, args.comparisons, args.runs, args.threshold, args.threads or None, **kw)
             for method, r in res.items():
                 results[f"{name}, {method}"] = r
             print(f"{name}: done in {r['seconds']:.1f} s", file=sys.stderr)

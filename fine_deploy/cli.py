@@ -148,11 +148,12 @@ def report_cmd(
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the distributions."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide by each run's calibration GEMM time."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test."),
+    metric: str = typer.Option("wall", "--metric", help="wall, or cpu: process CPU time (CPU backends)."),
 ) -> None:
     """Compare current against baseline per model; exit 1 on a latency regression."""
     from fine_deploy.bench.report import report
 
-    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha).regressed:
+    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha, metric).regressed:
         raise typer.Exit(1)
 
 

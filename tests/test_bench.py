@@ -32,6 +32,7 @@ def test_bench_writes_schema_valid_json(models: tuple[Path, Path], tmp_path: Pat
     m = loaded.models[0]
     assert m.name == "a" and m.backend == "onnxruntime-cpu" and m.providers == ["CPUExecutionProvider"]
     assert len(m.samples_s) == 7 and all(s > 0 for s in m.samples_s)
+    assert m.cpu_samples_s is not None and len(m.cpu_samples_s) == 7 and all(c >= 0 for c in m.cpu_samples_s)
     st = m.stats
     assert 0 < st["min"] <= st["median"] <= st["p90"] <= st["p99"] <= st["max"] < 1.0
     assert st["mean"] > 0 and st["std"] >= 0 and st["n"] == 7

@@ -193,3 +193,23 @@ def test_bad_files(tmp_path: Path) -> None:
         build_report(good, tmp_path / "w.json")
     with pytest.raises(FineDeployError, match="unknown report format"):
         report(good, good, fmt="html")
+
+
+def test_cpu_metric(tmp_path: Path) -> None:
+    run = _bench_file(tmp_path / "run.json", {"a": _samples(0.01), "b": _samples(0.01)})
+    d = json.loads(run.read_text())
+    d["models"][0]["cpu_samples_s"] = list(_samples(0.008))
+    d["models"][1]["cpu_samples_s"] = list(_samples(0.0096))
+    run.write_text(json.dumps(d))
+    wall = build_report(f"{run}::a", f"{run}::b")
+    cpu = build_report(f"{run}::a", f"{run}::b", metric="cpu")
+    assert wall.comparisons[0].verdict != "regressed"
+    assert cpu.metric == "cpu" and cpu.comparisons[0].verdict == "regressed"
+    report(f"{run}::a", f"{run}::b", metric="cpu", output=tmp_path / "c.md")
+    assert "CPU ms" in (tmp_path / "c.md").read_text()
+    d["models"][1]["cpu_samples_s"] = None
+    run.write_text(json.dumps(d))
+    with pytest.raises(FineDeployError, match="no CPU-time samples"):
+        build_report(f"{run}::a", f"{run}::b", metric="cpu")
+    with pytest.raises(FineDeployError, match="unknown metric"):
+        build_report(run, run, metric="gpu")

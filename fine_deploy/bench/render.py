@@ -36,13 +36,14 @@ def render_json(rep: Report) -> str:
 def render_markdown(rep: Report) -> str:
     counts = {v: sum(c.verdict == v for c in rep.comparisons) for v in MARK}
     head = "❌ latency regression" if rep.regressed else "✅ no latency regression"
-    unit = "calibration units" if rep.normalized else "ms"
+    unit = "calibration units" if rep.normalized else ("CPU ms" if rep.metric == "cpu" else "ms")
     lines = [
         f"### fine-deploy bench report: {head}",
         "",
         f"Threshold ±{rep.threshold:.0%} · α = {rep.alpha} · "
         + " · ".join(f"{n} {v}" for v, n in counts.items() if n)
-        + (" · normalised by the calibration GEMM" if rep.normalized else ""),
+        + (" · normalised by the calibration GEMM" if rep.normalized else "")
+        + (" · metric: process CPU time per run" if rep.metric == "cpu" else ""),
         "",
         f"| model | baseline ({unit}) | current ({unit}) | ratio | 95% CI | p | verdict |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -92,9 +93,7 @@ def render_junit(rep: Report) -> str:
             name=c.name,
             time=f"{c.current_median:.6f}" if not c.normalized else "0",
         )
-        summary = (
-            f"{c.verdict}: ratio {_num(c.ratio, '.3f')} [{_num(c.ci_low, '.3f')}, {_num(c.ci_high, '.3f')}]"
-        )
+        summary = f"{c.verdict}: ratio {_num(c.ratio, '.3f')} [{_num(c.ci_low, '.3f')}, {_num(c.ci_high, '.3f')}]"
         if c.verdict == "regressed":
             failure = ET.SubElement(case, "failure", message=summary, type="LatencyRegression")
             failure.text = c.reason
@@ -102,9 +101,7 @@ def render_junit(rep: Report) -> str:
     for name in rep.missing:
         case = ET.SubElement(suite, "testcase", classname="fine-deploy.bench", name=name)
         ET.SubElement(case, "skipped", message="in the baseline only; not benchmarked in this run")
-    root = ET.Element(
-        "testsuites", name="fine-deploy report", tests=suite.get("tests"), failures=str(failures)
-    )
+    root = ET.Element("testsuites", name="fine-deploy report", tests=suite.get("tests"), failures=str(failures))
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

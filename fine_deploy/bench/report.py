@@ -16,6 +16,7 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_bytes
 
 FORMATS = ("md", "json", "junit")
+METRICS = ("wall", "cpu")
 REPORT_SCHEMA = 1
 
 
@@ -59,6 +60,7 @@ class Report:
     alpha: float
     normalized: bool
     comparisons: list[Comparison]
+    metric: str = "wall"
     missing: list[str] = field(default_factory=list)  # in the baseline, not in the current run
     new: list[str] = field(default_factory=list)  # in the current run only
     notes: list[str] = field(default_factory=list)
@@ -80,6 +82,7 @@ class Report:
             "threshold": self.threshold,
             "alpha": self.alpha,
             "normalized": self.normalized,
+            "metric": self.metric,
             "regressed": self.regressed,
             "comparisons": [c.to_dict() for c in self.comparisons],
             "missing": self.missing,
@@ -88,9 +91,7 @@ class Report:
         }
 
 
-def _pairs(
-    base: Selection, cur: Selection
-) -> tuple[list[tuple[ModelResult, ModelResult]], list[str], list[str]]:
+def _pairs(base: Selection, cur: Selection) -> tuple[list[tuple[ModelResult, ModelResult]], list[str], list[str]]:
     if base.model or cur.model:
         b = base.result.model(base.model) if base.model else None
         c = cur.result.model(cur.model) if cur.model else None
@@ -110,9 +111,7 @@ def _pairs(
         pairs = [(base.result.models[0], cur.result.models[0])]
         return pairs, [], []
     if not pairs:
-        raise FineDeployError(
-            f"{base.path} and {cur.path} share no model name; select one pair as bench.json::NAME"
-        )
+        raise FineDeployError(f"{base.path} and {cur.path} share no model name; select one pair as bench.json::NAME")
     missing = [n for n in base_by if n not in cur_by]
     new = [n for n in cur_by if n not in base_by]
     return pairs, missing, new
@@ -142,14 +141,21 @@ def build_report(
     normalize: bool = False,
     alpha: float = 0.05,
     seed: int = 0,
+    metric: str = "wall",
 ) -> Report:
     """Compare every model of ``current`` with the same-named model of ``baseline``.
 
     ``FILE::MODEL`` selects one model on a side (e.g. two models of one interleaved run). Models
     timed in the same interleaved run are compared round by round (paired); otherwise the
     samples are compared as two independent sets. ``normalize`` divides every sample by its
-    run's calibration-GEMM median first, for runs from different machines.
+    run's calibration-GEMM median first, for runs from different machines. ``metric="cpu"``
+    compares process CPU time per run instead of wall time (CPU backends): on a runner shared
+    with other jobs it still sees the model's own work.
     """
+    if metric not in METRICS:
+        raise FineDeployError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+    if metric == "cpu" and normalize:
+        raise FineDeployError("--normalize scales wall time by the calibration GEMM; use it with --metric wall")
     t = parse_threshold(threshold)
     base, cur = _select(baseline), _select(current)
     pairs, missing, new = _pairs(base, cur)
@@ -170,7 +176,14 @@ def build_report(
             notes.append(f"settings differ: {key} {bv} (baseline) vs {cv} (current)")
     comparisons = []
     for i, (b, c) in enumerate(pairs):
-        bs, cs = np.asarray(b.samples_s), np.asarray(c.samples_s)
+        if metric == "cpu":
+            if not b.cpu_samples_s or not c.cpu_samples_s:
+                raise FineDeployError(
+                    f"{c.name} has no CPU-time samples (a GPU backend or an older bench file); use --metric wall"
+                )
+            bs, cs = np.asarray(b.cpu_samples_s), np.asarray(c.cpu_samples_s)
+        else:
+            bs, cs = np.asarray(b.samples_s), np.asarray(c.samples_s)
         if b.input_shapes != c.input_shapes:
             notes.append(f"{c.name}: input shapes differ ({b.input_shapes} vs {c.input_shapes})")
         if normalize:
@@ -200,6 +213,7 @@ def build_report(
         missing=missing,
         new=new,
         notes=notes,
+        metric=metric,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -213,6 +227,7 @@ def report(
     plot: str | Path | None = None,
     normalize: bool = False,
     alpha: float = 0.05,
+    metric: str = "wall",
 ) -> Report:
     """Build the report, write it to ``output`` (or stdout) in ``fmt``, and the plot to ``plot``.
 
@@ -220,7 +235,7 @@ def report(
     """
     if fmt not in FORMATS:
         raise FineDeployError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
-    rep = build_report(baseline, current, threshold, normalize=normalize, alpha=alpha)
+    rep = build_report(baseline, current, threshold, normalize=normalize, alpha=alpha, metric=metric)
     from fine_deploy.bench.render import render
 
     text = render(rep, fmt)

@@ -55,6 +55,8 @@ class ModelResult:
     throughput_per_s: float  # images per second for one denoiser call at ``batch``
     per_image_s: float  # seconds per image for a sampler of ``steps`` calls
     memory: dict[str, int | None]
+    # Process CPU seconds per run (CPU backends only): immune to other processes taking the cores.
+    cpu_samples_s: list[float] | None = None
 
 
 @dataclass

@@ -59,9 +59,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN: undefined statistics (too few samples) become null.
-        return {
-            k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()
-        }
+        return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
 def bootstrap_ratio_ci(
@@ -186,10 +184,7 @@ def compare(
     else:
         verdict, reason = (
             "inconclusive",
-            (
-                f"{pct}, interval [{lo:.3f}, {hi:.3f}] crosses the ±{threshold:.0%} band (p={p:.2g}); "
-                "take more runs"
-            ),
+            (f"{pct}, interval [{lo:.3f}, {hi:.3f}] crosses the ±{threshold:.0%} band (p={p:.2g}); take more runs"),
         )
     return Comparison(
         verdict=verdict,

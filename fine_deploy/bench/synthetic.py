@@ -42,8 +42,6 @@ def matmul_chain_model(depth: int, size: int = 256, rows: int | None = None, see
     return model.SerializeToString()
 
 
-def write_matmul_chain(
-    path: str | Path, depth: int, size: int = 256, rows: int | None = None, seed: int = 0
-) -> Path:
+def write_matmul_chain(path: str | Path, depth: int, size: int = 256, rows: int | None = None, seed: int = 0) -> Path:
     """Write ``matmul_chain_model`` atomically to ``path`` (a ``.onnx`` file)."""
     return atomic_write_bytes(path, matmul_chain_model(depth, size, rows, seed))
