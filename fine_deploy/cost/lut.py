@@ -63,6 +63,8 @@ class Lut:
     roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
     memory: dict[str, Any] = field(default_factory=dict)  # runtime memory factors (memory.fit_memory)
     complete: bool = False
+    # the reference graph's time when profiling began: every timing is rescaled to that machine speed
+    reference_s: float = 0.0
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class Lut:
             "roofline": self.roofline,
             "memory": self.memory,
             "complete": self.complete,
+            "reference_s": self.reference_s,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -102,6 +105,7 @@ _FIELDS = {
     "roofline": dict,
     "memory": dict,
     "complete": bool,
+    "reference_s": (int, float),
 }
 
 
@@ -142,6 +146,7 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         roofline=data["roofline"],
         memory=data["memory"],
         complete=data["complete"],
+        reference_s=float(data["reference_s"]),
         schema=data["schema"],
     )
 

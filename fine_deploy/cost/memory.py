@@ -103,23 +103,48 @@ def activation_peak(model: onnx.ModelProto, dim_values: dict[str, int] | None = 
     return peak, where
 
 
-def fit_memory(samples: list[tuple[int, int, int]]) -> dict[str, float]:
-    """Fit measured RSS increase = session + weight_factor * weights + activation_factor * activations.
+def weight_bytes_by_op(model: onnx.ModelProto) -> dict[str, int]:
+    """Initialiser bytes by the op that reads them ("Conv", "MatMul", "other"): runtimes repack
+    each op's weights their own way (ONNX Runtime: NCHWc reorder for Conv, pre-packed GEMM panels)."""
+    readers: dict[str, str] = {}
+    for node in model.graph.node:
+        for x in node.input:
+            readers.setdefault(x, node.op_type if node.op_type in ("Conv", "MatMul") else "other")
+    out = {"Conv": 0, "MatMul": 0, "other": 0}
+    for init in model.graph.initializer:
+        n = int(np.prod(init.dims, dtype=np.int64)) * _elem_size(init.data_type)
+        out[readers.get(init.name, "other")] += n
+    return out
 
-    A runtime holds more than the bare tensors: ONNX Runtime on CPU keeps the initialiser, a
-    pre-packed or NCHWc-reordered copy of it, and an arena rounded to chunks, so the factors are
-    measured (by the profiler, on a few subnets) rather than assumed to be 1.
+
+def memory_features(model: onnx.ModelProto) -> list[float]:
+    """[1, has Conv, Conv weight bytes, other weight bytes, peak activation bytes]."""
+    w = weight_bytes_by_op(model)
+    has_conv = float(any(n.op_type == "Conv" for n in model.graph.node))
+    return [1.0, has_conv, float(w["Conv"]), float(w["MatMul"] + w["other"]), float(activation_peak(model)[0])]
+
+
+MEMORY_TERMS = ("session_bytes", "conv_session_bytes", "conv_weight_factor", "weight_factor", "activation_factor")
+
+
+def fit_memory(samples: list[tuple[list[float], int]]) -> dict[str, float]:
+    """Fit measured RSS increase = session + [Conv] conv session + factors x (Conv weights, other
+    weights, peak activations), non-negative, least relative error, over (memory_features, measured).
+
+    A runtime holds more than the bare tensors: ONNX Runtime on CPU keeps the initialiser and a
+    pre-packed or NCHWc-reordered copy of it, and its Conv kernels allocate workspaces, so the
+    factors are measured (by the profiler, on a few subnets) rather than assumed to be 1.
     """
-    if len(samples) < 4:
-        raise ValueError("a memory fit needs at least 4 (weights, activations, measured) samples")
-    a = np.array([[1.0, w, act] for w, act, _ in samples])
-    y = np.array([m for _, _, m in samples], dtype=float)
-    coef, *_ = np.linalg.lstsq(a / y[:, None], np.ones_like(y), rcond=None)  # least relative error
+    from scipy.optimize import nnls
+
+    if len(samples) < 6:
+        raise ValueError("a memory fit needs at least 6 (features, measured) samples")
+    a = np.array([f for f, _ in samples], dtype=float)
+    y = np.array([m for _, m in samples], dtype=float)
+    coef, _ = nnls(a / y[:, None], np.ones_like(y))
     pred = a @ coef
     return {
-        "session_bytes": float(coef[0]),
-        "weight_factor": float(coef[1]),
-        "activation_factor": float(coef[2]),
+        **{k: float(v) for k, v in zip(MEMORY_TERMS, coef, strict=True)},
         "fitted_on": len(samples),
         "median_abs_rel_error": float(np.median(np.abs(pred / y - 1))),
     }
@@ -146,7 +171,8 @@ def predict_memory(
     weights = weight_bytes(model)
     runtime = profile.runtime_overhead_bytes if profile is not None else 0
     if calibration:
-        weights = round(weights * calibration["weight_factor"])
+        _, has_conv, w_conv, w_other, _ = memory_features(model)
+        weights = round(w_conv * calibration["conv_weight_factor"] + w_other * calibration["weight_factor"])
         act = round(act * calibration["activation_factor"])
-        runtime += round(calibration["session_bytes"])
+        runtime += round(calibration["session_bytes"] + has_conv * calibration["conv_session_bytes"])
     return MemoryPrediction(weights, act, runtime, where)

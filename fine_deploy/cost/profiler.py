@@ -83,6 +83,8 @@ class Timer:
         self.backend, self.protocol, self.workdir = backend, protocol, workdir
         self.count = 0
         self.description: dict[str, Any] = {}
+        self.reference_s: float | None = None
+        self.last_scale = 1.0  # the factor the last group was rescaled by
 
     @contextmanager
     def sessions(self, models: list[onnx.ModelProto]) -> Iterator[list[Callable[[int], np.ndarray]]]:
@@ -107,8 +109,34 @@ class Timer:
             yield runners
 
     def time(self, models: list[onnx.ModelProto], seed: int = 0) -> list[Timing]:
-        with self.sessions(models) as runners:
-            return measure_interleaved(runners, self.protocol, seed=seed)
+        """Time `models` interleaved; with a reference set, rescale them to the reference's speed.
+
+        A shared machine slows down and speeds up as other work comes and goes (measured here: 20%
+        between two passes a minute apart). Every group is timed next to the same reference graph;
+        scaling the group by reference / (the reference's time in this group) puts all groups on
+        the machine speed at which the reference was first measured.
+        """
+        if self.reference_s is None:
+            with self.sessions(models) as runners:
+                return measure_interleaved(runners, self.protocol, seed=seed)
+        with self.sessions([reference_graph(), *models]) as runners:
+            ref, *timings = measure_interleaved(runners, self.protocol, seed=seed)
+        k = self.last_scale = self.reference_s / ref.seconds
+        return [Timing(t.seconds * k, t.median_s * k, t.samples) for t in timings]
+
+    def set_reference(self, seconds: float | None = None) -> float:
+        """Fix the reference speed: `seconds` (a resumed LUT's), or measured now over 3x the rounds."""
+        if seconds is None:
+            slow = Protocol(**{**self.protocol.to_dict(), "rounds": 3 * self.protocol.rounds})
+            with self.sessions([reference_graph()]) as runners:
+                seconds = measure_interleaved(runners, slow)[0].seconds
+        self.reference_s = seconds
+        return seconds
+
+
+def reference_graph() -> onnx.ModelProto:
+    """The graph every timing group carries to measure the machine's current speed."""
+    return build_chain([LayerChoice(LayerShape("linear", 64, 64, 16, group="reference"))], seed=12345)
 
 
 def _choose_backend(runtime: str | None, device_runtime: str) -> str:
@@ -189,7 +217,7 @@ def calibrate_memory(
     shapes: list[LayerShape], subnets: int, workdir: Path, seed: int = 0, ranks: dict[str, list[int]] | None = None
 ) -> dict[str, Any]:
     """Measure the RSS increase of a few random subnets over their empty graph and fit the memory model."""
-    from fine_deploy.cost.memory import activation_peak, fit_memory, weight_bytes
+    from fine_deploy.cost.memory import fit_memory, memory_features
     from fine_deploy.cost.rss import rss_increase
 
     rng = random.Random(seed + 1)
@@ -200,7 +228,7 @@ def calibrate_memory(
         mp, ep = workdir / f"mem{i}.onnx", workdir / f"mem{i}-empty.onnx"
         onnx.save(model, mp)
         onnx.save(empty, ep)
-        samples.append((weight_bytes(model), activation_peak(model)[0], rss_increase(mp, ep)))
+        samples.append((memory_features(model), rss_increase(mp, ep)))
     return {**fit_memory(samples), "seed": seed}
 
 
@@ -213,7 +241,7 @@ def profile(
     runtime: str | None = None,
     protocol: Protocol | None = None,
     calibration_subnets: int = 12,
-    memory_subnets: int = 8,
+    memory_subnets: int = 16,
     resume: bool = True,
     profiles: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -260,6 +288,7 @@ def profile(
         Progress(*columns, disable=not show_progress, transient=True) as bar,
     ):
         timer = Timer(backend, protocol, Path(tmp))
+        lut.reference_s = timer.set_reference(old.reference_s if old and old.reference_s else None)
         task = bar.add_task(f"profiling {prof.name} on {backend}", total=total + calibration_subnets)
         empties = []
         if not lut.boundaries:
