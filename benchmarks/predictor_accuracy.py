@@ -145,9 +145,13 @@ def main() -> None:
         ("memory: calibrated within 15%", f"{within(mem[:, 1], mem[:, 0], 0.15):.1%} of {len(mem)}"),
         ("memory: bare tensors within 15%", f"{within(mem[:, 2], mem[:, 0], 0.15):.1%} of {len(mem)}"),
         (
-            "memory fit (weights x, activations x, session KiB)",
-            f"{lut.memory.get('weight_factor', 0):.2f}, {lut.memory.get('activation_factor', 0):.2f}, "
-            f"{lut.memory.get('session_bytes', 0) / 1024:.0f}",
+            "memory fit: Conv / other weights x, activations x",
+            f"{lut.memory.get('conv_weight_factor', 0):.2f} / {lut.memory.get('weight_factor', 0):.2f}, "
+            f"{lut.memory.get('activation_factor', 0):.2f}",
+        ),
+        (
+            "memory fit: session / Conv session KiB",
+            f"{lut.memory.get('session_bytes', 0) / 1024:.0f} / {lut.memory.get('conv_session_bytes', 0) / 1024:.0f}",
         ),
         ("time for the ground truth (s)", f"{truth_s:.1f}"),
         (
