@@ -324,10 +324,20 @@ def channel_groups(model: nn.Module) -> list[ChannelGroup]:
 # --- importance and orders ----------------------------------------------------------------------------
 
 
-def _channel_sum(t: torch.Tensor, member: ChannelMember, size: int) -> torch.Tensor:
-    """Sum of a per-element tensor over every element of each of the member's channels."""
-    t = t.narrow(member.dim, member.offset, size).movedim(member.dim, 0)
-    return t.reshape(size, -1).sum(dim=1)
+def _axis_sums(values: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> dict[str, torch.Tensor]:
+    """Each group's per-channel sum of a per-element quantity (one reduction per parameter axis)."""
+    reduced: dict[tuple[str, int], torch.Tensor] = {}
+    out = {}
+    for g in groups:
+        total = torch.zeros(g.size, dtype=torch.float64)
+        for m in g.members:
+            key = (m.param, m.dim)
+            if key not in reduced:
+                t = values[m.param]
+                reduced[key] = t.movedim(m.dim, 0).reshape(t.shape[m.dim], -1).sum(dim=1).double().cpu()
+            total += reduced[key][m.offset : m.offset + g.size]
+        out[g.key] = total
+    return out
 
 
 def _pool_units(scores: torch.Tensor, group: ChannelGroup) -> torch.Tensor:
@@ -357,10 +367,9 @@ def channel_importance(
     params = dict(model.named_parameters())
     if calib is None:
         with torch.no_grad():
-            return {
-                g.key: _pool_units(sum(_channel_sum(params[m.param].double() ** 2, m, g.size) for m in g.members), g)
-                for g in groups
-            }
+            names = {m.param for g in groups for m in g.members}
+            sums = _axis_sums({n: params[n].detach() ** 2 for n in names}, groups)
+            return {g.key: _pool_units(sums[g.key], g) for g in groups}
     return _gradient_importance(model, groups, calib, n_samples=n_samples, seed=seed)
 
 
@@ -400,12 +409,9 @@ def _gradient_importance(
                 loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
                 grads = dict(zip(names, torch.autograd.grad(loss, tensors), strict=True))
                 with torch.no_grad():
+                    sums = _axis_sums({n: params[n].detach() * grads[n] for n in names}, groups)
                     for g in groups:
-                        s = sum(
-                            _channel_sum((params[m.param] * grads[m.param]).double().cpu(), m, g.size)
-                            for m in g.members
-                        )
-                        totals[g.key] += _pool_units(s, g).abs()
+                        totals[g.key] += _pool_units(sums[g.key], g).abs()
                 progress.advance(task)
     finally:
         model.train(was_training)
@@ -587,7 +593,8 @@ def slice_widths(model: nn.Module, widths: dict[str, int], orders: dict[str, lis
     index = width_index_map(model, widths, orders)
     config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
     config["block_out_channels"] = tuple(new_boc)
-    new = UNet2DModel(**config)
+    with torch.device("meta"):  # no random init of weights that are overwritten next
+        new = UNet2DModel(**config)
     old_state = model.state_dict()
     new_state = new.state_dict()
     state = {}
@@ -596,7 +603,7 @@ def slice_widths(model: nn.Module, widths: dict[str, int], orders: dict[str, lis
         if name not in old_state:
             if name not in added or added[name].shape != target.shape:
                 raise RuntimeError(f"sliced model has an unexpected new tensor {name}")
-            state[name] = added[name].to(target.dtype)
+            state[name] = added[name].to(dtype=old_state[next(iter(old_state))].dtype)
             continue
         t = old_state[name].detach()
         for dim, idx in index.get(name, {}).items():
@@ -607,7 +614,9 @@ def slice_widths(model: nn.Module, widths: dict[str, int], orders: dict[str, lis
     lost = sorted(set(old_state) - set(new_state))
     if lost:
         raise FineDeployError(f"widths {widths} drop learned tensors {lost[:3]}; choose other widths")
-    new.load_state_dict(state, strict=True)
+    new.load_state_dict(state, strict=True, assign=True)
+    if any(t.is_meta for t in [*new.parameters(), *new.buffers()]):
+        raise RuntimeError("sliced model kept an uninitialised tensor")  # a bug, not user input
     ref = next(model.parameters())
     if ref.dtype != torch.float32 or ref.device.type != "cpu":
         new = new.to(device=ref.device, dtype=ref.dtype)
