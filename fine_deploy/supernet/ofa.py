@@ -460,6 +460,8 @@ def allocate_widths(
 
     ``C_l = max(min(I_l / sum_B I * K * P * |l|, |l|), p0 * |l|)``, then snapped to the nearest allowed
     width (never below the p0 floor) and nudged off widths that would drop a learned shortcut.
+    ``I_l`` is the stage's mean channel importance (:func:`stage_importance`). P = 1 is the whole model:
+    the formula alone would shrink below-average stages even there.
     """
     if not 0.0 < float(size) <= 1.0:
         raise FineDeployError(f"size {size} is outside (0, 1]; give the kept fraction, e.g. 0.5")
