@@ -160,6 +160,16 @@ def main() -> None:
         ),
         ("load average before profiling / after ground truth (2 cores)", f"{load_before:.1f} / {load_after:.1f}"),
     ]
+    valid = retest >= 0.95 and span >= 3.0
+    passed = scores["ours_all"] >= 0.90 and scores["ours_test_half"] > max(
+        scores["constant_test_half"], scores["macs_linear_test_half"]
+    )
+    verdict = (
+        ("PASS" if passed else "FAIL")
+        if valid
+        else "INVALID: the ground truth disagrees with itself (test-retest < 95%); rerun on a quieter machine"
+    )
+    rows.append(("verdict (valid ground truth: retest >= 95%, span >= 3x)", verdict))
     for r in rows:
         table.add_row(*r)
     console.print(table)
@@ -170,6 +180,8 @@ def main() -> None:
         "protocol": lut.protocol,
         "fingerprint": lut.fingerprint,
         "truth_span": span,
+        "ground_truth_valid": valid,
+        "verdict": verdict,
         "load_average": {"before_profile": load_before, "after_truth": load_after},
         "truth_retest_within_10pct": retest,
         "rescaled_truth_retest_within_10pct": retest_norm,

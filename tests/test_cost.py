@@ -165,3 +165,26 @@ def test_predictor_says_which_source_each_layer_used():
     spec = predict_latency(chain, None, load_profile("h100-sxm", probe=False))
     assert {c.source for c in spec.layers} == {"roofline-spec"}
     assert spec.seconds < pred.seconds  # an H100's spec roofline beats a CPU's measured figures
+
+
+def test_memory_fit_recovers_runtime_factors_and_predicts_with_them():
+    from fine_deploy.cost.memory import fit_memory, memory_features
+
+    truth = {"session": 3e5, "conv_session": 6e5, "conv_w": 3.0, "w": 2.0, "act": 1.5}
+    chains = [[LayerChoice(CONV)] * n for n in (1, 2, 3)] + [
+        [LayerChoice(LIN), LayerChoice(LayerShape("linear", 64, 256, 16))] * n for n in (1, 2, 3)
+    ]
+    chains.append([LayerChoice(CONV, "low_rank", 8)] * 4)
+    samples = []
+    for c in chains:
+        f = memory_features(build_chain(c))
+        measured = truth["session"] + f[1] * truth["conv_session"] + truth["conv_w"] * f[2]
+        samples.append((f, round(measured + truth["w"] * f[3] + truth["act"] * f[4])))
+    fit = fit_memory(samples)
+    assert fit["median_abs_rel_error"] < 1e-3
+    assert fit["conv_weight_factor"] == pytest.approx(3.0, rel=0.02)
+    assert fit["weight_factor"] == pytest.approx(2.0, rel=0.02)
+    pred = predict_memory(build_chain([LayerChoice(CONV)] * 5), calibration=fit)
+    assert pred.model_bytes + pred.runtime_bytes == pytest.approx(
+        3e5 + 6e5 + 3.0 * 5 * 4 * 32 * 288 + 1.5 * 4 * 256 * 64, rel=0.01
+    )
