@@ -103,3 +103,9 @@ def test_profiling_a_gpu_device_without_its_runtime_says_so(profiles, tmp_path):
             show_progress=False,
         )
     assert not (tmp_path / "x.json").exists()
+
+
+def test_profiling_another_device_here_is_refused_without_an_explicit_runtime(profiles, tmp_path):
+    with pytest.raises(FineDeployError, match="run the profiler on the device itself"):
+        profile("a100", tmp_path / "y.json", shapes=[SMALL], profiles=profiles, show_progress=False)
+    assert not (tmp_path / "y.json").exists()

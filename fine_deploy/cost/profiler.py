@@ -139,10 +139,15 @@ def reference_graph() -> onnx.ModelProto:
     return build_chain([LayerChoice(LayerShape("linear", 64, 64, 16, group="reference"))], seed=12345)
 
 
-def _choose_backend(runtime: str | None, device_runtime: str) -> str:
+def _choose_backend(runtime: str | None, device_runtime: str, device: str = "host") -> str:
     from fine_deploy.runtime import available_backends
 
     usable = available_backends()
+    if runtime is None and device != "host" and not usable.get(device_runtime):
+        raise FineDeployError(
+            f"{device} runs {device_runtime}, which is not usable on this machine: run the profiler on the "
+            "device itself, or pass --runtime to measure this machine under that name"
+        )
     backend = runtime or (device_runtime if usable.get(device_runtime) else "onnxruntime-cpu")
     if backend not in ONNX_BACKENDS:
         raise FineDeployError(
@@ -258,7 +263,7 @@ def profile(
 
     directory = profiles_dir(profiles)
     prof = load_profile(device, directory)
-    backend = _choose_backend(runtime, prof.runtime)
+    backend = _choose_backend(runtime, prof.runtime, prof.name)
     protocol = protocol or Protocol(clock="thread" if backend == "onnxruntime-cpu" else "wall")
     if protocol.clock == "thread" and backend != "onnxruntime-cpu":
         raise FineDeployError(
