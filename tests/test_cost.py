@@ -188,3 +188,19 @@ def test_memory_fit_recovers_runtime_factors_and_predicts_with_them():
     assert pred.model_bytes + pred.runtime_bytes == pytest.approx(
         3e5 + 6e5 + 3.0 * 5 * 4 * 32 * 288 + 1.5 * 4 * 256 * 64, rel=0.01
     )
+
+
+def test_a_stale_lut_of_this_machine_is_refused_on_load(tmp_path):
+    from fine_deploy.cost.lut import load_lut_checked
+    from fine_deploy.runtime import machine_fingerprint
+
+    here = _tiny_lut(fingerprint=machine_fingerprint(), runtime_versions={"onnxruntime": "0.1"})
+    path = here.save(tmp_path / "stale.json")
+    with pytest.raises(FineDeployError, match="another runtime"):
+        load_lut_checked(path)
+    lut, warnings = load_lut_checked(path, allow_other_versions=True)
+    assert warnings == [f"onnxruntime 0.1 measured, {ort.__version__} installed"]
+    elsewhere = _tiny_lut(
+        fingerprint={"cpu_model": "ARMv8 Processor rev 1 (v8l)"}, runtime_versions={"onnxruntime": "0.1"}
+    )
+    assert load_lut_checked(elsewhere.save(tmp_path / "jetson.json"))[1] == []

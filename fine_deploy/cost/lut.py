@@ -203,3 +203,13 @@ def same_machine(lut: Lut, fingerprint: dict[str, Any] | None = None) -> bool:
 
         fingerprint = machine_fingerprint()
     return all(lut.fingerprint.get(k) == fingerprint.get(k) for k in _MACHINE_KEYS)
+
+
+def load_lut_checked(path: str | os.PathLike, *, allow_other_versions: bool = False) -> tuple[Lut, list[str]]:
+    """Load a LUT for planning: one measured on this machine must match the runtime installed here
+    (refused, or returned as warnings with allow_other_versions); one from another machine (a
+    Jetson's) cannot be checked here, and its versions travel with it into the plan."""
+    lut = load_lut(path)
+    if not same_machine(lut):
+        return lut, []
+    return lut, check_compatible(lut, allow=allow_other_versions)
