@@ -58,9 +58,11 @@ def test_forms_match_dense_unet_with_sliced_widths(unet_supernet):
     knobs = sn.spec.widths["knobs"]
     cfg = SubnetConfig(half_ranks(sn), {k: sorted(v)[len(v) // 2] for k, v in knobs.items()})
     ref = run(sn.subnet(cfg), unet_inputs())
-    for form in ("low_rank", "shared_basis"):
-        out = run(fold_subnet(sn, cfg, uniform_kernels(sn, cfg, form)).model, unet_inputs())
-        assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5, form
+    # low-rank with sliced widths is covered through ONNX by test_onnx_mixed_forms_unet_dynamic_batch
+    folded = fold_subnet(sn, cfg, uniform_kernels(sn, cfg, "shared_basis"))
+    out = run(folded.model, unet_inputs())
+    assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+    assert max(folded.shared_bases.values()) >= 3  # layers keeping different channels get their own slice
 
 
 def test_shared_basis_shares_parameters_and_saves_bytes(dit_supernet):
