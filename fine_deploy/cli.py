@@ -177,6 +177,42 @@ def export_cmd(
            batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False)
 
 
+# --- training (issue 7) --------------------------------------------------------------------------
+
+
+@command("train")
+def train_cmd(
+    recipe: str = typer.Option(..., "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a YAML path."),
+    output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
+    steps: int | None = typer.Option(None, "--steps", help="Total training steps (default: the recipe's)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT.ckpt/."),
+    evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure sensitivity and the metric."),
+) -> None:
+    """FINE / OFA pre-training of a supernet (under `accelerate launch` for several processes)."""
+    from fine_deploy.train.pretrain import train
+
+    sn = train(recipe, output, steps=steps, resume=resume, evaluate=evaluate)
+    if sn is not None:
+        p = sn.spec.provenance
+        typer.echo(f"{output}: {p['steps']} steps, held-out loss {p.get('heldout_loss', '-')}")
+
+
+@command("retrain")
+def retrain_cmd(
+    plan: Path = typer.Option(..., "--plan", help="plan.json from `fine-deploy plan`."),
+    output: Path = typer.Option(..., "-o", "--output", help="SUBNET directory to write (supernet + plan.json)."),
+    data: str | None = typer.Option(None, "--data", help="'digits' or an image folder (default: the training data)."),
+    steps: int = typer.Option(200, "--steps", help="σ-only training steps."),
+    fraction: float = typer.Option(0.1, "--fraction", help="Fraction of the training images used."),
+    supernet: Path | None = SupernetOpt,
+) -> None:
+    """FINE light retraining: only the planned subnet's σ, U/V frozen; writes SUBNET with its plan."""
+    from fine_deploy.train.retrain import retrain
+
+    out = retrain(plan, output, data=data, steps=steps, fraction=fraction, supernet=supernet)
+    typer.echo(f"{out}: export it with `fine-deploy export --plan {out / 'plan.json'} ...`")
+
+
 def main() -> None:
     app()
 

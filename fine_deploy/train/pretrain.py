@@ -1,0 +1,265 @@
+"""`fine-deploy train`: FINE pre-training and OFA-Diffusion nested training of a supernet from a recipe.
+
+The run starts from a seeded random diffusers backbone converted to shared factors at the recipe's
+rank (so the supernet structure is exactly `convert`'s), then walks the recipe's stages:
+- "fine": the full-size subnet, U, σ, V and dense parameters trained jointly on the denoising loss;
+- "ofa": at the stage start, channel importance (OFA-Diffusion's gradient criterion) gives channel
+  orders and per-size width allocations; each step then trains one nested size P drawn with weight
+  w_i ∝ 1 + (m−1)(N−i)/(N−1) (smaller sizes more often). A size sets the widths (UNet), and per the
+  recipe's `ofa.knobs` also the rank of every type (nearest option ≥ P·R) and the depth.
+Checkpoints (`<SUPERNET>.ckpt/`: a full supernet + optimizer state + trainer.json) are written
+atomically every `checkpoint_every` steps; `--resume` continues from the last one.
+After training: held-out loss, the sensitivity table, recomputed reconstruction errors and (on digits)
+the Fréchet distance go into supernet.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import atomic_directory, atomic_write_json
+from fine_deploy.supernet.core import SubnetConfig, Supernet, backbone_class, basis_names
+from fine_deploy.train.data import ImageSet, load_images, split
+from fine_deploy.train.engine import TrainableSupernet
+from fine_deploy.train.loop import (
+    LoopSettings,
+    LoopState,
+    load_optimizer_tensors,
+    make_accelerator,
+    optimizer_tensors,
+    run_steps,
+    size_generator,
+)
+from fine_deploy.train.recipe import Recipe, load_recipe
+
+TRAINER_SCHEMA = 1
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINER_FILE = "trainer.json"
+
+
+def checkpoint_dir(output: str | Path) -> Path:
+    output = Path(output)
+    return output.parent / f"{output.name}.ckpt"
+
+
+def size_weights(n: int, m: float) -> torch.Tensor:
+    """OFA-Diffusion's sampling weights for sizes sorted ascending: w_i ∝ 1 + (m−1)(N−i)/(N−1)."""
+    if n == 1:
+        return torch.ones(1)
+    w = torch.tensor([1 + (m - 1) * (n - i) / (n - 1) for i in range(1, n + 1)], dtype=torch.float64)
+    return w / w.sum()
+
+
+def size_config(tsn: TrainableSupernet, size: float, knobs: list[str]) -> SubnetConfig:
+    """The nested subnet of relative size P: allocated widths, and ranks / depth scaled by P."""
+    if size >= 1.0:
+        return SubnetConfig()
+    cfg = SubnetConfig()
+    if "ranks" in knobs:
+        for t in tsn.spec.types:
+            cfg.ranks[t.name] = min((r for r in t.rank_options if r >= size * t.max_rank), default=t.max_rank)
+    if "widths" in knobs and tsn.spec.widths.get("allocations"):
+        cfg.widths = dict(tsn.spec.widths["allocations"][f"{size:.2f}"])
+    if "depth" in knobs and tsn.spec.depth.get("options"):
+        L = tsn.spec.depth["full"]
+        cfg.depth = min((d for d in tsn.spec.depth["options"] if d >= size * L), default=L)
+    return cfg
+
+
+def refresh_widths(tsn: TrainableSupernet, calib: torch.Tensor, sizes: list[float], samples: int, p0: float,
+                   seed: int) -> None:
+    """OFA-Diffusion's importance → channel orders → allocation per size, on the current weights."""
+    from fine_deploy.supernet import ofa
+
+    model = tsn.dense_module()
+    groups = ofa.channel_groups(model)
+    imp = ofa.channel_importance(model, groups, calib, n_samples=samples, seed=seed)
+    w = dict(tsn.spec.widths)
+    w.update({
+        "criterion": "gradient",
+        "importance": {k: [float(x) for x in v] for k, v in imp.items()},
+        "orders": ofa.channel_orders(imp),
+        "allocations": {f"{p:.2f}": ofa.allocate_widths(model, imp, p, p0=p0) for p in sizes},
+    })
+    tsn.spec.widths = w
+    tsn.invalidate()
+
+
+@torch.no_grad()
+def refresh_reconstruction_error(sn: Supernet) -> None:
+    """Re-measure each type's rank-prefix error against its own full-rank stack (training moved it)."""
+    from fine_deploy.supernet.cp import SharedFactors, prefix_errors
+
+    for t in sn.types:
+        U, V = (sn.tensors[n] for n in basis_names(t.name))
+        S = torch.stack([sn.tensors[f"sigma.{m['name']}"] for m in t.matrices])
+        f = SharedFactors(U, V, S)
+        errs = prefix_errors(f.reconstruct(), f, t.rank_options)
+        t.reconstruction_error = {str(r): float(e) for r, e in zip(t.rank_options, errs, strict=True)}
+
+
+def initial_supernet(recipe: Recipe) -> Supernet:
+    from fine_deploy.supernet.convert import model_to_supernet
+
+    torch.manual_seed(recipe.seed)
+    model = backbone_class(recipe.backbone).from_config(dict(recipe.config)).eval()
+    prov = {"source": "fine-deploy train", "recipe_name": recipe.name}
+    # training starts from random weights, so fitting them (ALS) would buy nothing: keep the SVD start
+    return model_to_supernet(model, max_rank=recipe.max_rank, als_iters=0, provenance=prov)
+
+
+def recipe_data(recipe: Recipe) -> tuple[ImageSet, ImageSet]:
+    cfg = recipe.config
+    res = cfg.get("sample_size")
+    data = load_images(recipe.data.get("source", "digits"), int(res), int(cfg.get("in_channels", 1)))
+    return split(data, float(recipe.data.get("heldout_fraction", 0.15)), recipe.seed)
+
+
+def _settings(recipe: Recipe) -> LoopSettings:
+    return LoopSettings(recipe.batch_size, recipe.lr, recipe.total_steps, recipe.seed, recipe.warmup_steps,
+                        recipe.grad_clip, recipe.cfg_dropout if recipe.backbone == "DiTTransformer2DModel" else 0.0)
+
+
+def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[str], state: LoopState,
+                     recipe: Recipe, processes: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors, rest = optimizer_tensors(optimizer, names)
+    sn = tsn.to_supernet()
+    with atomic_directory(ckpt) as tmp:
+        sn.save(tmp / "supernet")
+        save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        atomic_write_json(tmp / TRAINER_FILE, {
+            "schema": TRAINER_SCHEMA, "step": state.step, "losses": state.losses, "recipe": recipe.to_json(),
+            "optimizer": rest, "processes": processes,
+        })
+
+
+def _load_checkpoint(ckpt: Path) -> tuple[Supernet, dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    meta_path = ckpt / TRAINER_FILE
+    if not meta_path.is_file():
+        raise FineDeployError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise FineDeployError(
+            f"{meta_path}: not valid JSON ({e.msg}); delete {ckpt} and train without --resume") from None
+    if meta.get("schema") != TRAINER_SCHEMA:
+        raise FineDeployError(f"{meta_path}: trainer schema {meta.get('schema')!r} unsupported; train without --resume")
+    return Supernet.load(ckpt / "supernet"), load_file(str(ckpt / OPTIMIZER_FILE)), meta
+
+
+def train(
+    recipe: str | Path | Recipe,
+    output: str | Path,
+    *,
+    steps: int | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+) -> Supernet | None:
+    """Train a supernet per `recipe`, write it to `output`; returns it on the main process (None elsewhere)."""
+    t0 = time.time()
+    output = Path(output)
+    ckpt = checkpoint_dir(output)
+    if resume:
+        sn, opt_tensors, meta = _load_checkpoint(ckpt)
+        recipe = Recipe.from_json(meta["recipe"], str(ckpt / TRAINER_FILE))
+        state = LoopState(int(meta["step"]), list(meta["losses"]))
+    else:
+        recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+        opt_tensors, meta, state = None, None, LoopState()
+    if steps is not None and steps != recipe.total_steps:
+        recipe = recipe.with_steps(steps)
+    if state.step > recipe.total_steps:
+        raise FineDeployError(f"the checkpoint is at step {state.step}, past --steps {recipe.total_steps}; "
+                              "give more steps or train without --resume")
+    train_set, heldout = recipe_data(recipe)
+    accelerator = make_accelerator()
+    if not resume:
+        sn = initial_supernet(recipe)
+    tsn = TrainableSupernet(sn, recipe.scheduler).to(accelerator.device)
+    names = [n for n, _ in tsn.named_parameters()]
+    params = list(tsn.parameters())
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if opt_tensors is not None:
+        load_optimizer_tensors(optimizer, names, opt_tensors, meta["optimizer"])
+    model, optimizer = accelerator.prepare(tsn, optimizer)
+    settings = _settings(recipe)
+
+    def checkpoint(st: LoopState) -> None:
+        if accelerator.is_main_process:
+            _save_checkpoint(ckpt, tsn, optimizer, names, st, recipe, accelerator.num_processes)
+        accelerator.wait_for_everyone()
+
+    ofa = dict(recipe.ofa)
+    sizes = sorted(float(p) for p in ofa.get("sizes", [1.0]))
+    weights = size_weights(len(sizes), float(ofa.get("m", 3.0)))
+    start = 0
+    for i, stage in enumerate(recipe.stages):
+        end = start + stage.steps
+        if state.step < end and stage.steps > 0:
+            if state.step == start and i > 0:
+                # a new stage: re-sort basis columns by importance; the old Adam moments no longer fit them
+                tsn.reorder_ranks()
+                optimizer.state.clear()
+            choose = None
+            if stage.mode == "ofa":
+                knobs = list(ofa.get("knobs", []))
+                if "widths" in knobs and state.step == start:
+                    refresh_widths(tsn, train_set.images, sizes, int(ofa.get("importance_samples", 16)),
+                                   float(ofa.get("p0", 0.25)), recipe.seed)
+
+                def choose(step: int, knobs=knobs) -> SubnetConfig:
+                    k = int(torch.multinomial(weights, 1, generator=size_generator(settings, step)))
+                    return size_config(tsn, sizes[k], knobs)
+
+            run_steps(accelerator, model, optimizer, tsn, train_set, settings, state, end, params=params,
+                      choose_config=choose, on_checkpoint=checkpoint, checkpoint_every=recipe.checkpoint_every,
+                      label=f"{stage.mode} stage {i + 1}/{len(recipe.stages)}")
+        start = end
+    if recipe.stages[-1].mode == "fine":
+        tsn.reorder_ranks()
+    checkpoint(state)
+    if not accelerator.is_main_process:
+        return None
+    out = tsn.to_supernet()
+    tsn.eval()
+    prov: dict[str, Any] = {
+        "source": "fine-deploy train", "trained": True, "recipe_name": recipe.name, "recipe": recipe.to_json(),
+        "steps": state.step, "processes": accelerator.num_processes, "wall_s": round(time.time() - t0, 1),
+        "final_train_loss": round(sum(state.losses[-50:]) / max(1, len(state.losses[-50:])), 6),
+        "loss_curve": loss_curve(state.losses),
+        "data": {"train": len(train_set), "heldout": len(heldout), "source": recipe.data.get("source", "digits")},
+        "torch": torch.__version__,
+    }
+    refresh_reconstruction_error(out)
+    if evaluate:
+        from fine_deploy.train.metrics import heldout_loss, quality
+        from fine_deploy.train.sensitivity import measure_sensitivity
+
+        prov["heldout_loss"] = round(heldout_loss(tsn, heldout, draws=recipe.heldout_draws), 6)
+        out.spec.sensitivity = measure_sensitivity(tsn, heldout, draws=recipe.heldout_draws)
+        m = recipe.metric
+        if int(m.get("samples", 0)) > 0 and recipe.data.get("source", "digits") == "digits":
+            full = load_images("digits", int(recipe.config["sample_size"]), 1)
+            prov["metric"] = quality(tsn, full, samples=int(m["samples"]), steps=int(m.get("sample_steps", 50)),
+                                     guidance_scale=float(m.get("guidance_scale", 1.0)), seed=recipe.seed)
+    out.spec.provenance = prov
+    out.save(output)
+    return out
+
+
+def loss_curve(losses: list[float], points: int = 50) -> list[list[float]]:
+    """[step, mean loss of the window ending there] at about `points` places along the run."""
+    if not losses:
+        return []
+    w = max(1, len(losses) // points)
+    return [[i + w, round(sum(losses[i:i + w]) / len(losses[i:i + w]), 6)] for i in range(0, len(losses), w)]
