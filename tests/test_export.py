@@ -216,3 +216,21 @@ def test_cli_export_and_error(dit_supernet, tmp_path):
     assert json.loads((tmp_path / "o" / MANIFEST).read_text())["supernet"]["sha256"] == sn.content_hash
     r = CliRunner().invoke(app, ["export", "--plan", str(tmp_path / "nope.json"), "--format", "onnx", "-o", "x"])
     assert r.exit_code == 2 and "no such plan file" in r.output
+
+
+def test_runtime_feeds_respect_the_manifest_integer_ranges(dit_supernet, tmp_path):
+    """Regression: make_feeds drew class labels from [0, 1000) and ORT failed on a DiT's embedding."""
+    from fine_deploy.runtime import SessionOptions, open_session
+
+    plan = make_plan(dit_supernet, {"ranks": {}, "widths": {}, "depth": None}, {})
+    plan.save(tmp_path / "plan.json")
+    export(tmp_path / "plan.json", "onnx", tmp_path / "art")
+    sess = open_session(tmp_path / "art", SessionOptions(threads=1))
+    labels = [i for i in sess.inputs if np.dtype(i.dtype).kind in "iu" and "class" in i.name]
+    assert labels, [i.name for i in sess.inputs]
+    assert sess.declared_ranges[labels[0].name] == (0, 10)
+    for seed in range(5):
+        feeds = sess.make_feeds(seed=seed, batch=1)
+        assert 0 <= int(feeds[labels[0].name].min()) and int(feeds[labels[0].name].max()) < 10
+        out = sess.run(feeds)
+        assert all(np.isfinite(v).all() for v in out.values())

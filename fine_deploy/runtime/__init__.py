@@ -67,7 +67,12 @@ def open_session(
     ``shapes`` is needed only when TensorRT builds an engine from an ONNX file with dynamic inputs.
     """
     artifact = resolve_artifact(model)
-    chosen = choose_backend(artifact.format, backend)
+    session = _open(artifact, options, choose_backend(artifact.format, backend), shapes)
+    session.declared_ranges = artifact.declared_ranges
+    return session
+
+
+def _open(artifact, options: SessionOptions, chosen: str, shapes) -> Session:
     if chosen.startswith("onnxruntime"):
         from fine_deploy.runtime.ort import OrtSession
 

@@ -28,6 +28,8 @@ class Artifact:
     model: Path
     format: str  # onnx | trt | coreml
     declared_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # [low, high) of integer inputs (class labels, timesteps) as the exporter's manifest declares them
+    declared_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
 
 
@@ -89,4 +91,9 @@ def _from_manifest(directory: Path, manifest_path: Path) -> Artifact:
         shape = spec.get("shape") if isinstance(spec, dict) else None
         if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
             declared[spec["name"]] = tuple(shape)
-    return Artifact(model=model, format=fmt, declared_shapes=declared, manifest=manifest)
+    ranges = {
+        spec["name"]: (int(spec["range"][0]), int(spec["range"][1]))
+        for spec in manifest.get("inputs") or []
+        if isinstance(spec, dict) and isinstance(spec.get("range"), list) and len(spec["range"]) == 2
+    }
+    return Artifact(model=model, format=fmt, declared_shapes=declared, declared_ranges=ranges, manifest=manifest)

@@ -23,6 +23,8 @@ class Session:
     model_path: Path
     # Shapes the artifact's manifest declares (what the exporter checked); ``make_feeds`` uses them.
     declared_shapes: dict[str, tuple[int, ...]]
+    # [low, high) per integer input from the manifest (a DiT's class labels); others draw from [0, 1000)
+    declared_ranges: dict[str, tuple[int, int]] = {}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -74,8 +76,8 @@ class Session:
     def make_feeds(
         self, shapes: dict[str, tuple[int, ...]] | None = None, batch: int = 1, seed: int = 0
     ) -> dict[str, np.ndarray]:
-        """Random inputs of the right shapes and dtypes (floats ~ N(0,1), ints in [0, 1000) like
-        diffusion timesteps, bools false), reproducible from ``seed``."""
+        """Random inputs of the right shapes and dtypes (floats ~ N(0,1), ints in the manifest's declared
+        range or else [0, 1000) like diffusion timesteps, bools false), reproducible from ``seed``."""
         rng = np.random.default_rng(seed)
         feeds: dict[str, np.ndarray] = {}
         resolved = self.input_shapes(shapes, batch)
@@ -91,7 +93,8 @@ class Session:
             if dtype.kind == "f":
                 feeds[spec.name] = rng.standard_normal(shape).astype(dtype)
             elif dtype.kind in "iu":
-                feeds[spec.name] = rng.integers(0, 1000, size=shape).astype(dtype)
+                lo, hi = self.declared_ranges.get(spec.name, (0, 1000))
+                feeds[spec.name] = rng.integers(lo, hi, size=shape).astype(dtype)
             else:
                 feeds[spec.name] = np.zeros(shape, dtype=dtype)
         return feeds
