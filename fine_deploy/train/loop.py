@@ -47,7 +47,10 @@ def make_accelerator():
     except ImportError:
         raise FineDeployError("training needs accelerate; install it with `pip install fine-deploy[train]`") from None
     # Depth-sampled subnets leave the σ of skipped blocks out of the graph, so DDP must expect that.
-    return Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    # cpu=True without CUDA: accelerate only picks its gloo MULTI_CPU mode when told it is on CPU, and
+    # its multi-process launcher (torchrun) does not say so, so N processes would each train alone.
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def lr_at(s: LoopSettings, step: int) -> float:
