@@ -177,6 +177,28 @@ def export_cmd(
            batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False)
 
 
+@command("plan")
+def plan_cmd(
+    device: str = typer.Option(..., "--device", help="Device profile or alias (`fine-deploy devices`)."),
+    mem: str = typer.Option(..., "--mem", help="Memory budget: 4GB, 3.5GiB, 512MB (device-capped)."),
+    latency: str | None = typer.Option(None, "--latency", help="Latency: 20ms, 2s (per image with --steps)."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps: makes --latency a per-image budget."),
+    batch: int = typer.Option(1, "--batch", help="Batch size the plan is priced at."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Image side; the supernet's by default."),
+    max_loss: float | None = typer.Option(None, "--max-loss", help="Fastest subnet with quality loss under this."),
+    supernet: Path | None = SupernetOpt,
+    lut: Path | None = typer.Option(None, "--lut", help="Measured LUT; the device's measured one if present."),
+    output: Path = typer.Option(..., "-o", "--output", help="plan.json to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of the table."),
+    pareto: Path | None = typer.Option(None, "--pareto", help="Write pareto.json + pareto.png to this folder."),
+) -> None:
+    """Pick ranks, widths, depth and kernel forms that fit the budgets (exact MILP)."""
+    from fine_deploy.planner.plan import plan
+
+    plan(device, mem, latency=latency, steps=steps, batch=batch, resolution=resolution, max_loss=max_loss,
+         supernet=supernet, lut=lut, output=output, as_json=as_json, pareto=pareto)
+
+
 # --- training (issue 7) --------------------------------------------------------------------------
 
 

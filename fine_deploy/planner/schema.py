@@ -47,10 +47,13 @@ class Plan:
     @classmethod
     def from_json(cls, d: Any, where: str = "plan.json") -> Plan:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise FineDeployError(f"{where}: not a fine-deploy plan (format field missing or wrong); make one with `fine-deploy plan`")
+            raise FineDeployError(
+                f"{where}: not a fine-deploy plan (format field missing or wrong); make one with `fine-deploy plan`"
+            )
         if d.get("schema") != SCHEMA:
             raise FineDeployError(
-                f"{where}: plan schema {d.get('schema')!r} is not supported (expected {SCHEMA}); re-run `fine-deploy plan`"
+                f"{where}: plan schema {d.get('schema')!r} is not supported (expected {SCHEMA}); "
+                "re-run `fine-deploy plan`"
             )
         try:
             plan = cls(**d)

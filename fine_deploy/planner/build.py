@@ -1,0 +1,330 @@
+"""A supernet + a cost model + a sensitivity table -> the planner's `Space`.
+
+Layer shapes come from real forward passes with hooks (the backbone's own down/up-sampling decides
+the rows each layer sees). Width knobs are traced one at a time; a layer whose shape moves with a knob
+depends on it, and its shape at a joint choice is the full shape plus each knob's change (dims of
+concatenated inputs add up). That additivity is checked at the narrowest joint choice and, when it
+does not hold, every joint choice is traced instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from fine_deploy.cost.shapes import LayerShape
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import atomic_write_json
+from fine_deploy.planner.costs import CostModel
+from fine_deploy.planner.sensitivity import one_thread
+from fine_deploy.planner.space import Knob, LayerOption, LayerSpace, Space, check_space
+
+_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
+_MAX_JOINT_TRACES = 256
+
+
+def trace_shapes(sn, config: dict[str, Any], batch: int, resolution: int | None) -> dict[str, LayerShape]:
+    """matrix name -> LayerShape of a subnet, its out-rows summed over the (possibly sliced) parts.
+
+    Like supernet.core.layer_shapes, but m1 is read from the built modules, so width-sliced subnets
+    get their sliced rows (layer_shapes takes m1 from the spec's full-width part rows).
+    """
+    from fine_deploy.supernet.core import example_inputs
+
+    model = sn.subnet(config)  # outside no_grad: width slicing traces a dependency graph with autograd
+    seen: dict[str, tuple] = {}
+    hooks = []
+    for t in sn.types:
+        for m in t.matrices:
+            try:
+                mod = model.get_submodule(m["parts"][0]["module"])
+            except AttributeError:  # block dropped by the depth knob
+                continue
+
+            def hook(mod, args, out, name=m["name"]):
+                seen[name] = tuple(out.shape)
+
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(**example_inputs(sn.spec.backbone, sn.spec.config, batch, resolution))
+    finally:
+        for h in hooks:
+            h.remove()
+    out: dict[str, LayerShape] = {}
+    for t in sn.types:
+        for m in t.matrices:
+            if m["name"] not in seen:
+                continue
+            mods = [model.get_submodule(p["module"]) for p in m["parts"]]
+            shape = seen[m["name"]]
+            if t.kind == "conv":
+                rows = sum(mod.out_channels for mod in mods)
+                n, _, h, w = shape
+                k = t.kernel_size[0]
+                out[m["name"]] = LayerShape("conv", rows, mods[0].in_channels * k * k, n * h * w, k=k,
+                                            group=t.name, stride=mods[0].stride[0], out_w=w)
+            else:
+                rows = sum(mod.out_features for mod in mods)
+                tokens = 1
+                for d in shape[:-1]:
+                    tokens *= d
+                out[m["name"]] = LayerShape("linear", rows, mods[0].in_features, tokens, group=t.name)
+    return out
+
+
+class _Cache:
+    """Traced figures of one supernet (shapes, width tables), kept in the user cache dir by content hash.
+
+    Tracing builds subnets and runs them, which dominates a plan's wall time; the figures depend only
+    on the supernet's content, the batch and the resolution.
+    """
+
+    def __init__(self, sn, batch: int, resolution: int | None) -> None:
+        from fine_deploy.planner.sensitivity import cache_dir
+
+        self.sn = sn
+        self.path = cache_dir() / f"space-v1-{sn.content_hash[:32]}-b{batch}-r{resolution}.json"
+        self.batch, self.resolution = batch, resolution
+        try:
+            self.data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.data = {}
+        self.dirty = False
+
+    def get(self, key: str, compute):
+        if key not in self.data:
+            self.data[key] = compute()
+            self.dirty = True
+        return self.data[key]
+
+    def shapes(self, config: dict[str, Any]) -> dict[str, LayerShape]:
+        key = "shapes " + json.dumps(config, sort_keys=True)
+        def trace():
+            with one_thread():
+                return {n: s.to_dict() for n, s in trace_shapes(self.sn, config, self.batch, self.resolution).items()}
+
+        raw = self.get(key, trace)
+        return {n: LayerShape.from_dict(d) for n, d in raw.items()}
+
+    def save(self) -> None:
+        if self.dirty:
+            try:
+                atomic_write_json(self.path, self.data)
+            except OSError:
+                pass  # a read-only cache dir only costs time
+
+
+def _delta(a: LayerShape, b: LayerShape) -> tuple[int, int, int]:
+    return (b.m1 - a.m1, b.m2 - a.m2, b.tokens - a.tokens)
+
+
+def _apply(shape: LayerShape, deltas: list[tuple[int, int, int]]) -> LayerShape:
+    m1, m2, tok = shape.m1, shape.m2, shape.tokens
+    for d1, d2, dt in deltas:
+        m1, m2, tok = m1 + d1, m2 + d2, tok + dt
+    return replace(shape, m1=m1, m2=m2, tokens=tok)
+
+
+def _width_shapes(cache: _Cache, full: dict[str, LayerShape],
+                  knobs: dict[str, list[int]]) -> tuple[dict[str, tuple[str, ...]], Any, dict[str, Any]]:
+    """Which width knobs each layer depends on, and a function (layer, {knob: width}) -> LayerShape."""
+    single: dict[tuple[str, int], dict[str, LayerShape]] = {}
+    deps: dict[str, set[str]] = {name: set() for name in full}
+    for k, values in knobs.items():
+        for v in values:
+            if v == max(values):
+                continue
+            shapes = single[(k, v)] = cache.shapes({"widths": {k: v}})
+            for name, s in shapes.items():
+                if s != full[name]:
+                    deps[name].add(k)
+    order = list(knobs)
+    dep = {name: tuple(k for k in order if k in d) for name, d in deps.items()}
+
+    def additive(name: str, widths: dict[str, int]) -> LayerShape:
+        ds = [_delta(full[name], single[(k, widths[k])][name]) for k in dep[name] if widths[k] != max(knobs[k])]
+        return _apply(full[name], ds)
+
+    notes: dict[str, Any] = {"width_shapes": "additive" if len(knobs) > 1 else "traced"}
+    if len(knobs) > 1:
+        narrow = {k: min(v) for k, v in knobs.items()}
+        try:
+            check = cache.shapes({"widths": narrow})
+        except FineDeployError:
+            check = None
+        if check is not None and all(additive(n, narrow) == check[n] for n in full):
+            return dep, additive, notes
+        joint = list(itertools.product(*(knobs[k] for k in order)))
+        if len(joint) > _MAX_JOINT_TRACES:
+            raise FineDeployError(
+                f"layer shapes of this supernet do not add up across width knobs and {len(joint)} joint "
+                "widths are too many to trace; restrict the width options of the supernet"
+            )
+        table = {}
+        for combo in joint:
+            try:
+                table[combo] = cache.shapes({"widths": dict(zip(order, combo, strict=True))})
+            except FineDeployError:
+                continue  # a forbidden joint choice
+        notes["width_shapes"] = "traced jointly"
+        dep = {name: tuple(order) for name in full}
+
+        def exact(name: str, widths: dict[str, int]) -> LayerShape:
+            got = table.get(tuple(widths[k] for k in order))
+            return got[name] if got else full[name]
+
+        return dep, exact, notes
+    return dep, additive, notes
+
+
+def _forbidden_widths(sn, knobs: dict[str, list[int]]) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """Pairs of stage widths that cannot coexist (equal widths would drop a learned shortcut)."""
+    if len(knobs) < 2:
+        return []
+    from fine_deploy.supernet.ofa import check_widths
+
+    model = sn.subnet(sn.full_config())
+    out = []
+    names = list(knobs)
+    for a, b in itertools.combinations(names, 2):
+        for va in knobs[a]:
+            for vb in knobs[b]:
+                try:
+                    check_widths(model, {a: va, b: vb})
+                except FineDeployError:
+                    out.append(((f"width.{a}", va), (f"width.{b}", vb)))
+    return out
+
+
+def _param_bytes(sn, bpe: int) -> tuple[dict[str, int], dict[int, int]]:
+    """Bytes of the dense (not factorised) parameters: outside the blocks, and per transformer block."""
+    outside: dict[str, int] = {}
+    per_block: dict[int, int] = {}
+    for name in sn.spec.dense:
+        shape = sn.spec.tensors.get(f"dense.{name}") or list(sn.tensors[f"dense.{name}"].shape)
+        n = 1
+        for d in shape:
+            n *= d
+        m = _BLOCK.match(name)
+        if m:
+            per_block[int(m.group(1))] = per_block.get(int(m.group(1)), 0) + n * bpe
+        else:
+            outside[name] = n * bpe
+    return outside, per_block
+
+
+def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, list[float]]:
+    """Change of dense parameter bytes per width value (negative: the slice drops channels)."""
+    if not knobs:
+        return {}
+    from fine_deploy.supernet.ofa import width_index_map
+
+    model = sn.subnet(sn.full_config())
+    params = dict(model.named_parameters())
+    dense = set(sn.spec.dense)
+    out = {}
+    for k, values in knobs.items():
+        row = []
+        for v in values:
+            if v == max(values):
+                row.append(0.0)
+                continue
+            index = width_index_map(model, {k: v}, sn.spec.widths["orders"])
+            delta = 0
+            for pname, dims in index.items():
+                if pname not in dense:
+                    continue
+                full = list(params[pname].shape)
+                new = list(full)
+                for d, kept in dims.items():
+                    new[d] = len(kept)
+                delta += (_prod(new) - _prod(full)) * bpe
+            row.append(float(delta))
+        out[k] = row
+    return out
+
+
+def _prod(xs: list[int]) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int = 1,
+                resolution: int | None = None) -> Space:
+    """Every knob with its quality loss, every layer with its options priced on `cost`'s device."""
+    bpe = cost.bytes_per_elem
+    width_knobs = {k: sorted(v) for k, v in (sn.spec.widths.get("knobs") or {}).items()}
+    knobs: list[Knob] = []
+    for t in sn.types:
+        opts = sorted(t.rank_options)
+        knobs.append(Knob(f"rank.{t.name}", "rank", t.name, opts,
+                          [float(sensitivity["ranks"][t.name][str(r)]) for r in opts]))
+    cache = _Cache(sn, batch, resolution)
+    width_dense = cache.get(f"width_dense_bytes {bpe}", lambda: _width_dense_bytes(sn, width_knobs, bpe))
+    for k, opts in width_knobs.items():
+        knobs.append(Knob(f"width.{k}", "width", k, opts,
+                          [float(sensitivity["widths"][k][str(w)]) for w in opts], bytes=width_dense[k]))
+    outside, per_block = _param_bytes(sn, bpe)
+    depth_opts = sorted(sn.spec.depth.get("options") or [])
+    if depth_opts:
+        knobs.append(Knob("depth", "depth", "depth", depth_opts,
+                          [float(sensitivity["depth"][str(d)]) for d in depth_opts],
+                          bytes=[float(sum(b for j, b in per_block.items() if j < d)) for d in depth_opts]))
+        dense_const = sum(outside.values())
+    else:
+        dense_const = sum(outside.values()) + sum(per_block.values())
+
+    full = cache.shapes({})
+    deps, shape_at, notes = _width_shapes(cache, full, width_knobs)
+    forbidden = [tuple(tuple(p) for p in pair) for pair in
+                 cache.get("forbidden_widths", lambda: _forbidden_widths(sn, width_knobs))]
+    cache.save()
+    layers: list[LayerSpace] = []
+    bases: dict[str, float] = {}
+    for t in sn.types:
+        for m in t.matrices:
+            name = m["name"]
+            if name not in full:
+                continue
+            wk = deps[name]
+            blk = _BLOCK.match(name)
+            options = []
+            for combo in itertools.product(sorted(t.rank_options), *(width_knobs[k] for k in wk)):
+                r, widths = combo[0], dict(zip(wk, combo[1:], strict=True))
+                shape = shape_at(name, widths)
+                extra = cost.elementwise_seconds(shape.tokens * shape.m1)
+                if t.name.endswith("qkv"):
+                    extra += cost.attention_seconds(batch, shape.tokens // batch, shape.m1 // 3)
+                forms = ["dense"] + (["low_rank", "shared_basis"] if r <= shape.max_rank() else [])
+                for form in forms:
+                    sec, src = cost.layer_seconds(shape, form, r)
+                    own, shared = cost.weight_bytes(shape, form, r)
+                    basis = None
+                    if form == "shared_basis":
+                        basis = f"{t.name}|r{r}|{shape.m1}x{shape.m2}"
+                        bases[basis] = float(shared)
+                    options.append(LayerOption(
+                        combo, form, r, sec + extra, float(own), float(cost.activation_bytes(shape, form, r)),
+                        basis, src,
+                    ))
+            layers.append(LayerSpace(name, t.name, (f"rank.{t.name}", *(f"width.{k}" for k in wk)), options,
+                                     int(blk.group(1)) if blk and depth_opts else None))
+    space = Space(
+        knobs=knobs,
+        layers=layers,
+        bases=bases,
+        const_latency_s=cost.fixed_s,
+        const_bytes=float(dense_const + cost.profile.runtime_overhead_bytes),
+        forbidden=forbidden,
+        notes={**notes, "dense_bytes": dense_const, "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
+    )
+    check_space(space)
+    return space

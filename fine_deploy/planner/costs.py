@@ -1,0 +1,85 @@
+"""The planner's view of a device: seconds and bytes of one layer in one kernel form.
+
+A thin adapter over fine_deploy.cost: a factorised layer costs what `cost.predictor.layer_cost` says
+(the measured LUT entry, else the roofline fitted on the LUT, else the profile's spec roofline, and
+which one it used). The parts of a block that are no factorised matrix, the attention core
+softmax(QKᵀ)V and the elementwise ops around each layer, are priced on that same roofline.
+
+Ranks above min(m1, m2) are not offered in the factored forms: there they cost more compute than
+dense and `fine_deploy.cost.shapes.check_form` refuses them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fine_deploy.cost.graphs import LayerChoice
+from fine_deploy.cost.lut import Lut
+from fine_deploy.cost.predictor import layer_cost
+from fine_deploy.cost.profiles import DeviceProfile
+from fine_deploy.cost.roofline import DTYPE_BYTES, Roofline, spec_roofline
+from fine_deploy.cost.shapes import LayerShape, activation_elems, form_weight_elems
+
+# passes over a layer's output by the ops around it (bias, norm, activation, residual add):
+# the part of a block's time that no factorised matrix accounts for
+ELEMENTWISE_PASSES = 3
+
+
+@dataclass
+class CostModel:
+    profile: DeviceProfile
+    lut: Lut | None = None
+    dtype: str = "fp32"
+    roof: Roofline | None = None
+    fixed_s: float = 0.0  # what every run pays once: empty run + calibrated whole-model overhead
+    sources: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def build(cls, profile: DeviceProfile, lut: Lut | None = None, dtype: str = "fp32") -> CostModel:
+        if lut is not None and lut.roofline:
+            roof = Roofline.from_dict(lut.roofline)
+        else:
+            roof = spec_roofline(profile, dtype)
+        if lut is not None:
+            fixed = float(lut.empty_run_s) + float(lut.calibration.get("fixed_s", 0.0) or 0.0)
+        else:
+            fixed = profile.launch_overhead_s
+        return cls(profile, lut, dtype, roof, max(fixed, 0.0))
+
+    @property
+    def bytes_per_elem(self) -> int:
+        return DTYPE_BYTES[self.dtype]
+
+    def layer_seconds(self, shape: LayerShape, form: str, rank: int | None) -> tuple[float, str]:
+        """Seconds one layer adds to a forward pass, and where the figure came from."""
+        choice = LayerChoice(shape, form, None if form == "dense" else rank)
+        c = layer_cost(choice, self.lut, self.profile, self.dtype)
+        self.sources[c.source] += 1
+        return float(c.seconds), c.source
+
+    def elementwise_seconds(self, elems: float, passes: int = ELEMENTWISE_PASSES) -> float:
+        """Memory-bound ops around a layer: `passes` reads + writes of `elems` activations."""
+        return self.roof.seconds(0.0, 2.0 * passes * elems * self.bytes_per_elem, passes)
+
+    def attention_seconds(self, batch: int, tokens: int, inner: int) -> float:
+        """softmax(QKᵀ)V of one attention layer: 2 GEMMs of n x n x inner per image + the n x n scores."""
+        flops = 2.0 * 2 * batch * tokens * tokens * inner
+        nbytes = 3.0 * batch * tokens * tokens * self.bytes_per_elem  # scores written, softmaxed, read
+        return self.roof.seconds(flops, nbytes, 3)
+
+    def weight_bytes(self, shape: LayerShape, form: str, rank: int | None) -> tuple[int, int]:
+        own, shared = form_weight_elems(shape, form, None if form == "dense" else rank)
+        return own * self.bytes_per_elem, shared * self.bytes_per_elem
+
+    def activation_bytes(self, shape: LayerShape, form: str, rank: int | None) -> int:
+        return sum(activation_elems(shape, form, None if form == "dense" else rank)) * self.bytes_per_elem
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "dtype": self.dtype,
+            "roofline": self.roof.source if self.roof else None,
+            "fixed_s": self.fixed_s,
+            "layer_figures": dict(sorted(self.sources.items())),
+        }

@@ -1,0 +1,121 @@
+"""Why each knob got its value: a printable record per knob (Torch-Pruning style) and the rich table.
+
+For a knob below its best value, "why" names the limit that moving it one step up would break (and by
+how much); under --max-loss, a knob above its cheapest value says what one step down would cost in
+quality. Costs per knob are those of the layers it acts on, as priced in the plan.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from fine_deploy.planner.milp import Limits, Solution
+from fine_deploy.planner.space import Space, evaluate, layer_exists, layer_option
+from fine_deploy.planner.units import format_bytes, format_seconds
+
+
+def _moved(space: Space, sol: Solution, knob: str, value: int):
+    """Evaluate the plan with one knob moved; layers it touches keep their form when still offered."""
+    values = {**sol.values, knob: value}
+    forms = {}
+    for layer in space.layers:
+        if not layer_exists(layer, values):
+            continue
+        form = sol.forms.get(layer.name, "dense")
+        forms[layer.name] = form if layer_option(layer, values, form) else "dense"
+    return evaluate(space, values, forms)
+
+
+def _breaks(ev, limits: Limits) -> list[str]:
+    out = []
+    if limits.memory_bytes is not None and ev.memory_bytes > limits.memory_bytes:
+        out.append(f"memory (+{format_bytes(ev.memory_bytes - limits.memory_bytes)} over)")
+    if limits.latency_s is not None and ev.latency_s > limits.latency_s:
+        out.append(f"latency (+{format_seconds(ev.latency_s - limits.latency_s)} over)")
+    if limits.loss is not None and ev.loss > limits.loss:
+        out.append(f"quality (loss +{ev.loss - limits.loss:.3g} over --max-loss)")
+    return out
+
+
+def _why(space: Space, sol: Solution, knob, limits: Limits, objective: str) -> str:
+    value = sol.values[knob.name]
+    i = knob.options.index(value)
+    best_i = min(range(len(knob.options)), key=lambda j: (knob.loss[j], -j))
+    if objective == "latency":
+        if i == 0:
+            return "cheapest value"
+        down = _moved(space, sol, knob.name, knob.options[i - 1])
+        broken = _breaks(down, limits)
+        if broken:
+            return f"{knob.options[i - 1]} would break {', '.join(broken)}"
+        gain = sol.evaluation.latency_s - down.latency_s
+        if gain <= 0:
+            return f"{knob.options[i - 1]} is no faster"
+        return "a joint trade-off: lower values cost more quality elsewhere"
+    if i == best_i:
+        return "best value; nothing binds"
+    up = knob.options[i + 1] if i + 1 < len(knob.options) else knob.options[best_i]
+    broken = _breaks(_moved(space, sol, knob.name, up), limits)
+    if broken:
+        return f"{up} would break {', '.join(broken)}"
+    return "a joint trade-off: raising it forces other knobs down"
+
+
+def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) -> list[dict[str, Any]]:
+    rows = []
+    for knob in space.knobs:
+        i = knob.options.index(sol.values[knob.name])
+        lat = nbytes = 0.0
+        forms: Counter = Counter()
+        bases = set()
+        for layer in space.layers:
+            if knob.name not in layer.knobs or layer.name not in sol.forms:
+                continue
+            o = layer_option(layer, sol.values, sol.forms[layer.name])
+            lat += o.latency_s
+            nbytes += o.weight_bytes
+            forms[o.form] += 1
+            if o.basis:
+                bases.add(o.basis)
+        nbytes += sum(space.bases[b] for b in bases) + knob.bytes[i]
+        lat += knob.latency_s[i]
+        rows.append({
+            "knob": knob.name,
+            "value": sol.values[knob.name],
+            "options": [knob.options[0], knob.options[-1], len(knob.options)],
+            "loss": float(f"{knob.loss[i]:.9g}"),
+            "latency_s": float(f"{lat:.9g}"),
+            "memory_bytes": int(round(nbytes)),
+            "forms": dict(sorted(forms.items())),
+            "why": _why(space, sol, knob, limits, objective),
+        })
+    return rows
+
+
+def print_plan(plan, budget, elapsed_s: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    pr = plan.predicted
+    table = Table(title=f"plan for {plan.profile['resolved']} ({plan.supernet['path']} supernet)")
+    for col in ("knob", "value", "options", "loss", "latency", "memory", "forms", "why"):
+        table.add_column(col, justify="right" if col in ("value", "loss", "latency", "memory") else "left")
+    for r in plan.explain:
+        lo, hi, n = r["options"]
+        forms = ", ".join(f"{c}×{f}" for f, c in r["forms"].items()) or "-"
+        table.add_row(r["knob"], str(r["value"]), f"{lo}..{hi} ({n})", f"{r['loss']:.3g}",
+                      format_seconds(r["latency_s"]), format_bytes(r["memory_bytes"]), forms, r["why"])
+    console.print(table)
+    lat = pr["latency_per_image_s"] if budget.per_image else pr["latency_s"]
+    per = f"per image ({budget.steps} steps, batch {budget.batch})" if budget.per_image else "per forward"
+    lat_b = f" / budget {format_seconds(budget.latency_asked_s)}" if budget.latency_asked_s is not None else ""
+    cap = " (capped at the device's usable memory)" if budget.mem_capped else ""
+    q = pr["quality"]
+    console.print(f"latency  {format_seconds(lat)} {per}{lat_b}")
+    console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}")
+    console.print(f"quality  loss {pr['quality_loss']:.4g} ({q['metric']}{', PROXY' if q['proxy'] else ''})")
+    s = plan.solver
+    console.print(f"binding  {plan.binding or 'none'}; solver {s['status']}, gap {s.get('mip_gap', 0):.2g}, "
+                  f"{s['binaries']} binaries; planned in {elapsed_s:.2f} s")

@@ -1,0 +1,273 @@
+"""`fine-deploy plan`: one value per knob and a kernel form per layer, under memory / latency budgets.
+
+Two questions, one model (fine_deploy.planner.milp): the best quality that fits --mem (and --latency),
+or with --max-loss the fastest subnet whose quality loss stays under it and that fits --mem. An
+infeasible budget is answered with the smallest feasible one on that device, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import canonical_json, sha256_file
+from fine_deploy.planner.milp import Limits, Solution, solve
+from fine_deploy.planner.schema import Plan
+from fine_deploy.planner.space import Space, evaluate
+from fine_deploy.planner.units import (
+    format_bytes,
+    format_seconds,
+    parse_bytes,
+    parse_seconds,
+    round_up_bytes,
+    round_up_seconds,
+)
+
+DTYPE = "fp32"  # what the exporter emits today; weights and activations are priced at this width
+
+
+@dataclass
+class Budget:
+    mem_bytes: int  # what the user asked for, capped by the device's usable memory
+    mem_asked_bytes: int | None
+    mem_capped: bool
+    latency_s: float | None  # per forward pass (already converted from per image)
+    latency_asked_s: float | None
+    per_image: bool
+    steps: int
+    batch: int
+    max_loss: float | None
+    texts: dict[str, str | None]
+
+    def forward_to_shown(self, s: float) -> float:
+        """Seconds per forward -> the unit the user budgets in (per image with --steps)."""
+        return s * self.steps / self.batch if self.per_image else s
+
+    def limits(self) -> Limits:
+        return Limits(self.latency_s, self.mem_bytes, self.max_loss)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mem": self.texts["mem"],
+            "mem_bytes": self.mem_bytes,
+            "mem_asked_bytes": self.mem_asked_bytes,
+            "mem_capped_by_device": self.mem_capped,
+            "latency": self.texts["latency"],
+            "latency_s": self.latency_asked_s,
+            "latency_per": "image" if self.per_image else "forward",
+            "forward_latency_s": self.latency_s,
+            "steps": self.steps if self.per_image else None,
+            "batch": self.batch,
+            "max_loss": self.max_loss,
+        }
+
+
+def make_budget(profile, mem: str | int | None, latency: str | float | None, steps: int | None, batch: int,
+                max_loss: float | None) -> Budget:
+    if batch < 1:
+        raise FineDeployError(f"--batch must be >= 1, got {batch}")
+    if steps is not None and steps < 1:
+        raise FineDeployError(f"--steps must be >= 1, got {steps}")
+    if max_loss is not None and not (math.isfinite(max_loss) and max_loss >= 0):
+        raise FineDeployError(f"--max-loss must be a number >= 0, got {max_loss}")
+    asked = parse_bytes(mem) if mem is not None else None
+    cap = profile.usable_memory_bytes
+    mem_bytes = min(asked, cap) if asked is not None else cap
+    lat = parse_seconds(latency) if latency is not None else None
+    per_image = steps is not None
+    fwd = lat * batch / steps if (lat is not None and per_image) else lat
+    return Budget(mem_bytes, asked, asked is not None and asked > cap, fwd, lat, per_image, steps or 1, batch,
+                  max_loss, {"mem": str(mem) if mem is not None else None,
+                             "latency": str(latency) if latency is not None else None})
+
+
+def _hash_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def _r(x: float) -> float:
+    """Nine significant digits: stable bytes in plan.json whatever the last float bits."""
+    return float(f"{x:.9g}")
+
+
+def load_device(device: str, lut: str | Path | None, profiles: str | Path | None):
+    from fine_deploy.cost.lut import load_lut, lut_path
+    from fine_deploy.cost.profiles import load_profile, profiles_dir
+
+    prof = load_profile(device, profiles)
+    lut_file = Path(lut) if lut is not None else lut_path(profiles_dir(profiles), prof.name, prof.runtime)
+    table = None
+    if lut is not None or lut_file.is_file():
+        table = load_lut(lut_file)
+        if table.device != prof.name:
+            raise FineDeployError(
+                f"LUT {lut_file} was measured for {table.device}, not {prof.name}; pass that device's LUT "
+                f"or run `fine-deploy profile --device {prof.name}`"
+            )
+    record = {
+        "device": device,
+        "resolved": prof.name,
+        "runtime": prof.runtime,
+        "sha256": _hash_json(prof.to_dict()),
+        "usable_memory_bytes": prof.usable_memory_bytes,
+        "lut": str(lut_file) if table is not None else None,
+        "lut_sha256": sha256_file(lut_file) if table is not None else None,
+    }
+    return prof, table, record
+
+
+def _min_feasible(space: Space, budget: Budget) -> str:
+    """The smallest budget that would work, each relaxed alone with the other limits kept."""
+    lim = budget.limits()
+    hints = []
+    s = solve(space, "memory", Limits(lim.latency_s, None, lim.loss))
+    if s.ok:
+        need = s.evaluation.memory_bytes
+        cap_note = ""
+        if need > budget.mem_bytes and budget.mem_asked_bytes is not None and need <= budget.mem_asked_bytes:
+            cap_note = " (more than the device's usable memory)"
+        hints.append(f"the smallest feasible --mem is {round_up_bytes(need)} ({int(math.ceil(need))} bytes){cap_note}")
+    if lim.latency_s is not None:
+        s = solve(space, "latency", Limits(None, lim.memory_bytes, lim.loss))
+        if s.ok:
+            need = budget.forward_to_shown(s.evaluation.latency_s)
+            per = " per image" if budget.per_image else ""
+            hints.append(f"the smallest feasible --latency is {round_up_seconds(need)}{per} ({need:.6g} s)")
+    if lim.loss is not None:
+        s = solve(space, "loss", Limits(lim.latency_s, lim.memory_bytes, None))
+        if s.ok:
+            hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss:.6g}")
+    if not hints:
+        s = solve(space, "memory")
+        return (f"even alone, the smallest subnet needs {round_up_bytes(s.evaluation.memory_bytes)}; "
+                "relax every budget") if s.ok else "the supernet has no feasible subnet"
+    return "; ".join(hints)
+
+
+def _binding(space: Space, sol: Solution, budget: Budget, objective: str) -> str | None:
+    ev = sol.evaluation
+    if objective == "loss":
+        best = sum(min(k.loss) for k in space.knobs)  # every knob at its best value
+        if ev.loss <= best + 1e-12:
+            return None  # nothing was given up
+    slack = {}
+    if budget.mem_bytes is not None:
+        slack["memory"] = (budget.mem_bytes - ev.memory_bytes) / budget.mem_bytes
+    if budget.latency_s is not None and objective != "latency":
+        slack["latency"] = (budget.latency_s - ev.latency_s) / budget.latency_s
+    if budget.max_loss is not None and objective == "latency":
+        slack["quality"] = (budget.max_loss - ev.loss) / budget.max_loss if budget.max_loss > 0 else 0.0
+    return min(slack, key=lambda k: (slack[k], k)) if slack else None
+
+
+def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str, Any], quality: dict[str, Any],
+              objective: str, supernet_path: str, inputs: dict[str, Any], cost: dict[str, Any]) -> Plan:
+    from fine_deploy.planner.explain import explain_rows
+
+    ev = sol.evaluation
+    values = sol.values
+    ranks = {k.target: values[k.name] for k in space.knobs if k.kind == "rank"}
+    widths = {k.target: values[k.name] for k in space.knobs if k.kind == "width"}
+    depth = values.get("depth")
+    predicted = {
+        "latency_s": _r(ev.latency_s),
+        "latency_per_image_s": _r(budget.forward_to_shown(ev.latency_s)) if budget.per_image else None,
+        "memory_bytes": int(math.ceil(ev.memory_bytes)),
+        "memory_parts": {k: _r(v) for k, v in ev.parts.items()},
+        "quality_loss": _r(ev.loss),
+        "quality": quality,
+        "cost_model": cost,
+    }
+    solver = {k: (_r(v) if isinstance(v, float) else v) for k, v in sol.figures.items()}
+    return Plan(
+        supernet={"path": supernet_path, "sha256": sn.content_hash, "backbone": sn.spec.backbone},
+        subnet={"ranks": ranks, "widths": widths, "depth": depth},
+        kernels=dict(sorted(sol.forms.items())),
+        profile=device,
+        budget=budget.to_json(),
+        inputs=inputs,
+        predicted=predicted,
+        binding=_binding(space, sol, budget, objective),
+        solver={**solver, "mode": "fastest under --max-loss" if objective == "latency" else "best quality"},
+        explain=explain_rows(space, sol, budget.limits(), objective),
+    )
+
+
+def plan(
+    device: str,
+    mem: str | int | None = None,
+    *,
+    latency: str | float | None = None,
+    steps: int | None = None,
+    batch: int = 1,
+    resolution: int | None = None,
+    max_loss: float | None = None,
+    supernet: str | Path | None = None,
+    lut: str | Path | None = None,
+    output: str | Path | None = None,
+    as_json: bool = False,
+    pareto: str | Path | None = None,
+    profiles: str | Path | None = None,
+    show: bool = True,
+) -> Plan:
+    """Plan a subnet of `supernet` for `device` under the budgets; write it to `output` (atomically)."""
+    from fine_deploy.planner.build import build_space
+    from fine_deploy.planner.costs import CostModel
+    from fine_deploy.planner.sensitivity import sensitivity_table
+    from fine_deploy.supernet.core import load_supernet
+
+    t0 = time.perf_counter()
+    prof, table, device_rec = load_device(device, lut, profiles)
+    budget = make_budget(prof, mem, latency, steps, batch, max_loss)
+    sn = load_supernet(supernet)
+    res = resolution or sn.spec.config.get("sample_size")
+    sens = sensitivity_table(sn, progress=show)
+    quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
+    if quality["proxy"]:
+        quality["note"] = ("data-free proxy: relative output MSE of each knob value alone on fixed random inputs; "
+                           "train the supernet to measure its sensitivity table")
+    cost = CostModel.build(prof, table, DTYPE)
+    space = build_space(sn, cost, sens, batch=batch, resolution=res)
+    objective = "latency" if max_loss is not None else "loss"
+    sol = solve(space, objective, budget.limits())
+    name = "default" if supernet is None or str(supernet) == "default" else str(supernet)
+    if sol.status == "infeasible":
+        raise FineDeployError(
+            f"no subnet of supernet {name} fits {prof.name} within the given budgets: {_min_feasible(space, budget)}"
+        )
+    if not sol.ok:
+        raise FineDeployError(f"the MILP solver stopped with status {sol.status!r}; report this with the command line")
+    p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
+                  {"batch": batch, "resolution": res, "dtype": DTYPE}, cost.describe())
+    if output is not None:
+        p.save(output)
+    elapsed = time.perf_counter() - t0
+    if pareto is not None:
+        from fine_deploy.planner.pareto import write_pareto
+
+        write_pareto(space, budget, Path(pareto), title=f"{name} on {prof.name}")
+    if show:
+        if as_json:
+            print(canonical_json(p.to_json()), end="")
+        else:
+            from fine_deploy.planner.explain import print_plan
+
+            print_plan(p, budget, elapsed)
+    return p
+
+
+def full_model_figures(space: Space) -> dict[str, float]:
+    """Latency and memory of the full supernet (every knob at its full value), for comparisons."""
+    from fine_deploy.planner.space import best_forms
+
+    values = space.full_assignment()
+    ev = evaluate(space, values, best_forms(space, values))
+    return {"latency_s": ev.latency_s, "memory_bytes": ev.memory_bytes}
+
+
+__all__ = ["plan", "make_budget", "Budget", "format_bytes", "format_seconds"]

@@ -1,0 +1,182 @@
+"""The quality side of the plan: the supernet's sensitivity table, or a data-free proxy of it.
+
+Until training measures `spec.sensitivity` on held-out data, the planner uses a proxy that needs no
+data: for every knob value, the subnet that changes only that knob is run on fixed random inputs and
+its relative output error against the full supernet, ||y_v - y_full||² / ||y_full||², is the loss of
+that value. Squared errors are used because the errors of independent perturbations add in
+expectation, which is what the planner's additive objective assumes. The proxy is cached per
+supernet content hash in the user cache dir, and every plan made from it says `proxy: true`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from fine_deploy.fileio import atomic_write_json
+
+PROXY_METRIC = "relative_output_mse_random_inputs"
+PROXY_VERSION = 1
+PROXY_BATCH = 4
+PROXY_SEED = 1234
+
+
+def cache_dir() -> Path:
+    """$FINE_DEPLOY_CACHE, else $XDG_CACHE_HOME/fine-deploy, else ~/.cache/fine-deploy."""
+    env = os.environ.get("FINE_DEPLOY_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fine-deploy"
+
+
+def _cache_path(content_hash: str) -> Path:
+    return cache_dir() / f"sensitivity-proxy-v{PROXY_VERSION}-{content_hash[:32]}.json"
+
+
+def _knob_configs(sn) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """(section, knob, value, subnet config json) for every non-full knob value."""
+    out = []
+    for t in sn.types:
+        for r in t.rank_options:
+            if r != t.max_rank:
+                out.append(("ranks", t.name, r, {"ranks": {t.name: r}}))
+    for knob, values in (sn.spec.widths.get("knobs") or {}).items():
+        for w in values:
+            if w != max(values):
+                out.append(("widths", knob, w, {"widths": {knob: w}}))
+    full_depth = sn.spec.depth.get("full")
+    for d in sn.spec.depth.get("options") or []:
+        if d != full_depth:
+            out.append(("depth", "depth", d, {"depth": d}))
+    return out
+
+
+def _with_rank(model, sn, t, r: int):
+    """Fold type t at rank r into `model`'s weights in place; returns the weights to put back."""
+    from fine_deploy.supernet.core import basis_names, fold
+
+    U, V = (sn.tensors[n] for n in basis_names(t.name))
+    saved = {}
+    for m in t.matrices:
+        W = fold(U, V, sn.sigma(m["name"]), r)
+        for p in m["parts"]:
+            a, b = p["rows"]
+            w = model.get_submodule(p["module"]).weight
+            saved[p["module"]] = w.detach().clone()
+            w.copy_(W[a:b].reshape(w.shape))
+    return saved
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one intra-op thread: the same float sums on every machine (reproducible figures), and
+    no thread oversubscription on a busy host, where 2 threads ran these tiny models ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def proxy_sensitivity(sn, *, batch: int = PROXY_BATCH, seed: int = PROXY_SEED, progress: bool = True) -> dict[str, Any]:
+    with one_thread():
+        return _proxy(sn, batch, seed, progress)
+
+
+def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
+    """The sensitivity table layout of `spec.sensitivity`, filled by the random-input proxy.
+
+    A rank value is measured by folding only that type at that rank into the full model (and putting
+    the weights back): one model build for every rank of every type instead of one each.
+    """
+    from fine_deploy.supernet.core import example_inputs
+
+    inputs = example_inputs(sn.spec.backbone, sn.spec.config, batch, None, seed)
+    # subnets are built outside no_grad: width slicing traces a dependency graph with autograd
+    model = sn.subnet(sn.full_config())
+    with torch.no_grad():
+        y_full = model(**inputs).sample.double()
+    denom = float((y_full**2).sum()) or 1.0
+
+    def err(net) -> float:
+        with torch.no_grad():
+            y = net(**inputs).sample.double()
+        return float(((y - y_full) ** 2).sum()) / denom
+
+    table: dict[str, Any] = {
+        "metric": PROXY_METRIC,
+        "baseline": 0.0,
+        "proxy": True,
+        "proxy_version": PROXY_VERSION,
+        "inputs": {"batch": batch, "seed": seed},
+        "ranks": {t.name: {str(t.max_rank): 0.0} for t in sn.types},
+        "widths": {k: {str(max(v)): 0.0} for k, v in (sn.spec.widths.get("knobs") or {}).items()},
+        "depth": {str(sn.spec.depth["full"]): 0.0} if sn.spec.depth.get("options") else {},
+    }
+    jobs = _knob_configs(sn)
+    types = {t.name: t for t in sn.types}
+    with Progress(transient=True, disable=not progress) as bar:
+        task = bar.add_task("quality proxy (random inputs)", total=len(jobs))
+        for section, knob, value, cfg in jobs:
+            if section == "ranks":
+                with torch.no_grad():
+                    saved = _with_rank(model, sn, types[knob], value)
+                table["ranks"][knob][str(value)] = err(model)
+                with torch.no_grad():
+                    for name, w in saved.items():
+                        model.get_submodule(name).weight.copy_(w)
+            else:
+                e = err(sn.subnet(cfg))
+                if section == "depth":
+                    table["depth"][str(value)] = e
+                else:
+                    table["widths"][knob][str(value)] = e
+            bar.advance(task)
+    return table
+
+
+def _usable(table: dict[str, Any], sn) -> bool:
+    """A measured table counts when it covers every knob value the planner may choose."""
+    if not table or not table.get("ranks"):
+        return False
+    try:
+        for t in sn.types:
+            for r in t.rank_options:
+                float(table["ranks"][t.name][str(r)])
+        for k, values in (sn.spec.widths.get("knobs") or {}).items():
+            for w in values:
+                float(table["widths"][k][str(w)])
+        for d in sn.spec.depth.get("options") or []:
+            float(table["depth"][str(d)])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def sensitivity_table(sn, *, cache: bool = True, progress: bool = True) -> dict[str, Any]:
+    """spec.sensitivity when training filled it for every knob value, else the cached random-input proxy."""
+    if _usable(sn.spec.sensitivity, sn) and not sn.spec.sensitivity.get("proxy"):
+        return sn.spec.sensitivity
+    path = _cache_path(sn.content_hash)
+    if cache and path.is_file():
+        try:
+            table = json.loads(path.read_text())
+            if table.get("proxy_version") == PROXY_VERSION and _usable(table, sn):
+                return table
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is recomputed
+    table = proxy_sensitivity(sn, progress=progress)
+    if cache:
+        try:
+            atomic_write_json(path, table)
+        except OSError:
+            pass  # a read-only home must not stop planning
+    return table
