@@ -217,3 +217,20 @@ def test_cli_bad_input_one_line_no_file(dit_supernet, tmp_path, args, fragment):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("fine-deploy: error:") and fragment in lines[0]
     assert not out.exists()
+
+
+def test_end_to_end_calibration_applies_its_line(dit_supernet, tmp_path):
+    from fine_deploy.cost.lut import Lut
+    from fine_deploy.supernet.core import load_supernet
+
+    h = load_supernet(dit_supernet).content_hash
+    raw, cal = tmp_path / "raw.json", tmp_path / "cal.json"
+    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5).save(raw)
+    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5,
+        calibration={"end_to_end": {h[:16]: {"scale": 2.0, "fixed_s": 1e-4}}}).save(cal)
+    a = plan(DEVICE, "3GB", supernet=dit_supernet, lut=raw, output=tmp_path / "a.json", show=False)
+    b = plan(DEVICE, "3GB", supernet=dit_supernet, lut=cal, output=tmp_path / "b.json", show=False)
+    assert a.subnet == b.subnet and a.kernels == b.kernels
+    assert b.predicted["latency_s"] == pytest.approx(2.0 * a.predicted["latency_s"] + 1e-4, rel=1e-6)
+    assert b.predicted["cost_model"]["end_to_end_calibration"] is True
+    assert a.profile["lut_sha256"] != b.profile["lut_sha256"]

@@ -317,14 +317,27 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
                     ))
             layers.append(LayerSpace(name, t.name, (f"rank.{t.name}", *(f"width.{k}" for k in wk)), options,
                                      int(blk.group(1)) if blk and depth_opts else None))
+    const_latency = cost.fixed_s
+    from fine_deploy.planner.calibrate import calibration_for
+
+    cal = calibration_for(cost.lut, sn.content_hash)
+    if cal:  # the end-to-end line measured for this supernet on this LUT's machine
+        scale = float(cal["scale"])
+        for la in layers:
+            for o in la.options:
+                o.latency_s *= scale
+        for k in knobs:
+            k.latency_s = [x * scale for x in k.latency_s]
+        const_latency = const_latency * scale + float(cal["fixed_s"])
     space = Space(
         knobs=knobs,
         layers=layers,
         bases=bases,
-        const_latency_s=cost.fixed_s,
+        const_latency_s=const_latency,
         const_bytes=float(dense_const + cost.profile.runtime_overhead_bytes),
         forbidden=forbidden,
-        notes={**notes, "dense_bytes": dense_const, "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
+        notes={**notes, "end_to_end_calibration": bool(cal), "dense_bytes": dense_const,
+               "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
     )
     check_space(space)
     return space

@@ -242,8 +242,9 @@ def plan(
         )
     if not sol.ok:
         raise FineDeployError(f"the MILP solver stopped with status {sol.status!r}; report this with the command line")
+    cost_rec = {**cost.describe(), "end_to_end_calibration": space.notes["end_to_end_calibration"]}
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
-                  {"batch": batch, "resolution": res, "dtype": DTYPE}, cost.describe())
+                  {"batch": batch, "resolution": res, "dtype": DTYPE}, cost_rec)
     if output is not None:
         p.save(output)
     elapsed = time.perf_counter() - t0
