@@ -38,6 +38,8 @@ _POLISH_ITERS = 2
 _CHEAP_BLOCK_START = 2e8
 # ALS sweeps every start gets before the best one continues alone.
 _RACE_ITERS = 5
+# Power iterations of the randomized mode-2 range finder (sharpens it when the spectrum is flat).
+_POWER_ITERS = 1
 # Compressed subspace size: rank + max(rank, _MIN_OVERSAMPLE) columns per mode.
 _MIN_OVERSAMPLE = 8
 
@@ -207,9 +209,11 @@ def _fit(X: torch.Tensor, R: int, *, iters: int, tol: float, seed: int, bar: _Ba
     starts = []
     k1, k2 = G.shape[1:]
     if R <= min(k1, k2):
-        starts.append(_unfolding_start(G, R))
+        U0 = _top_eigvecs(_gram_rows(G), R)
+        V0 = _top_eigvecs(_gram_rows(G.transpose(1, 2)), R)
+        starts.append(_unfolding_start(G, U0, V0))
         if L >= 2 and R >= 2:
-            starts.append(_gevd_start(G, R))
+            starts.append(_gevd_start(G, U0, V0))
     if R > min(k1, k2) or L * k1 * k2 * min(k1, k2) <= _CHEAP_BLOCK_START:
         starts.append(_block_start(G, R))
     scored = [(offset + _errsq(G, *s), s) for s in starts]
@@ -268,7 +272,8 @@ def _compression(X: torch.Tensor, R: int, seed: int) -> tuple[torch.Tensor | Non
     gen = torch.Generator().manual_seed(seed)
     omega = torch.randn(Yflat.shape[0], k, generator=gen, dtype=torch.float64)
     Q = torch.linalg.qr(Yflat.T @ omega).Q
-    Q = torch.linalg.qr(Yflat.T @ (Yflat @ Q)).Q
+    for _ in range(_POWER_ITERS):
+        Q = torch.linalg.qr(Yflat.T @ (Yflat @ Q)).Q
     # Rotate the sketch onto Y's singular directions so the basis is ordered, then keep k columns.
     _, _, Zh = torch.linalg.svd(Yflat @ Q, full_matrices=False)
     return P1, Q @ Zh.T[:, :k]
@@ -287,26 +292,22 @@ def _top_eigvecs(H: torch.Tensor, k: int) -> torch.Tensor:
     return vecs[:, -k:].flip(1).contiguous()
 
 
-def _unfolding_start(X: torch.Tensor, R: int):
-    """Leading singular vectors of both unfoldings, σ by least squares."""
-    U = _top_eigvecs(_gram_rows(X), R)
-    V = _top_eigvecs(_gram_rows(X.transpose(1, 2)), R)
+def _unfolding_start(X: torch.Tensor, U: torch.Tensor, V: torch.Tensor):
+    """Leading singular vectors U, V of both unfoldings, σ by least squares."""
     S = _solve(_layer_inner(X, U, V), (U.T @ U) * (V.T @ V))
     return U, V, S
 
 
-def _gevd_start(X: torch.Tensor, R: int):
+def _gevd_start(X: torch.Tensor, U0: torch.Tensor, V0: torch.Tensor):
     """Generalised-eigenvalue start: exact when X truly is a rank-R CP tensor with R ≤ min(m1, m2).
 
-    In the leading R-dim subspaces every slice is A·diag(s_l)·Bᵀ; two combinations T1, T2 of slices
-    give T1·T2⁻¹ = A·D·A⁻¹, so its eigenvectors are A even when R exceeds L (where ALS from the
-    unfolding start crawls). Complex pairs, which noise can create, are split into real and
-    imaginary parts; ALS sorts out the rest.
+    In the leading R-dim subspaces U0, V0 of the unfoldings every slice is A·diag(s_l)·Bᵀ; two
+    combinations T1, T2 of slices give T1·T2⁻¹ = A·D·A⁻¹, so its eigenvectors are A even when R
+    exceeds L (where ALS from the unfolding start crawls). Complex pairs, which noise can create,
+    are split into real and imaginary parts; ALS sorts out the rest.
     """
-    U0 = _top_eigvecs(_gram_rows(X), R)
-    V0 = _top_eigvecs(_gram_rows(X.transpose(1, 2)), R)
     core = U0.T @ X @ V0  # [L, R, R]
-    L = core.shape[0]
+    L, R = core.shape[:2]
     # The two layer-mixing weights that keep the most of the core's energy.
     w = torch.linalg.svd(core.reshape(L, -1), full_matrices=False).U[:, :2]
     T1 = torch.einsum("l,lij->ij", w[:, 0], core)
