@@ -37,7 +37,7 @@ _POLISH_ITERS = 2
 # only when that is small next to the rest of the fit (L·k1·k2·min(k1, k2) multiply-adds).
 _CHEAP_BLOCK_START = 2e8
 # ALS sweeps every start gets before the best one continues alone.
-_RACE_ITERS = 5
+_RACE_ITERS = 3
 # Power iterations of the randomized mode-2 range finder (sharpens it when the spectrum is flat).
 _POWER_ITERS = 1
 # Compressed subspace size: rank + max(rank, _MIN_OVERSAMPLE) columns per mode.
@@ -196,14 +196,8 @@ def _fit(X: torch.Tensor, R: int, *, iters: int, tol: float, seed: int, bar: _Ba
         U, V, S = _block_start(X, R)
         return _finalize(X, U, V, S, normsq)[:3]
 
-    P1, P2 = _compression(X, R, seed) if R <= a else (None, None)
+    P1, P2, G = _compression(X, R, seed) if R <= a else (None, None, X)
     bar.advance()
-    G = X
-    if P1 is not None:
-        G = P1.T @ G
-    if P2 is not None:
-        G = G @ P2
-    G = G.contiguous()
     offset = max(normsq - float((G * G).sum()), 0.0)  # energy outside the kept subspaces
 
     starts = []
@@ -256,27 +250,29 @@ def _zero_factors(a: int, b: int, L: int, R: int):
     return U, V, torch.zeros(L, R, dtype=torch.float64)
 
 
-def _compression(X: torch.Tensor, R: int, seed: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Orthonormal bases of the leading mode-1 / mode-2 subspaces, or None where they would not shrink."""
+def _compression(X: torch.Tensor, R: int, seed: int):
+    """Leading mode-1 / mode-2 subspaces and the core of X in them: (P1, P2, P1ᵀ·X_l·P2 stacked).
+
+    A basis is None where it would not shrink its side (the core then keeps that side as it is).
+    """
     L, a, b = X.shape
     k = R + max(R, _MIN_OVERSAMPLE)
-    P1 = None
-    if k < a:
-        P1 = _top_eigvecs(_gram_rows(X), k)
-    if k >= b:
-        return P1, None
+    P1 = _top_eigvecs(_gram_rows(X), k) if k < a else None
     Y = X if P1 is None else P1.T @ X  # [L, k1, b]
+    if k >= b:
+        return P1, None, Y.contiguous()
     Yflat = Y.reshape(-1, b)
-    # Mode-2 subspace of Y by a seeded Gaussian sketch with one power iteration: its b×b Gram is the
+    # Mode-2 subspace of Y by a seeded Gaussian sketch with power iterations: its b×b Gram is the
     # dominant cost otherwise (b is the larger side).
     gen = torch.Generator().manual_seed(seed)
     omega = torch.randn(Yflat.shape[0], k, generator=gen, dtype=torch.float64)
     Q = torch.linalg.qr(Yflat.T @ omega).Q
     for _ in range(_POWER_ITERS):
         Q = torch.linalg.qr(Yflat.T @ (Yflat @ Q)).Q
-    # Rotate the sketch onto Y's singular directions so the basis is ordered, then keep k columns.
-    _, _, Zh = torch.linalg.svd(Yflat @ Q, full_matrices=False)
-    return P1, Q @ Zh.T[:, :k]
+    # Rotate the sketch onto Y's singular directions so the basis is ordered; Y·P2 follows for free.
+    YQ = Yflat @ Q
+    Z = torch.linalg.svd(YQ, full_matrices=False).Vh.T
+    return P1, Q @ Z, (YQ @ Z).reshape(L, -1, Z.shape[1])
 
 
 def _gram_rows(X: torch.Tensor) -> torch.Tensor:
