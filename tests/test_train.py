@@ -200,3 +200,25 @@ def test_cli_train_bad_recipe_is_one_line_and_writes_nothing(tmp_path):
     assert res.exit_code != 0
     assert "no recipe 'nope'" in res.output and len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "sn").exists()
+
+
+def test_ofa_stage_orders_channels_and_trains_nested_widths(tmp_path):
+    recipe = tmp_path / "tiny-unet.yaml"
+    recipe.write_text(
+        "name: tiny-unet\nbackbone: UNet2DModel\n"
+        "config: {sample_size: 8, in_channels: 1, out_channels: 1, block_out_channels: [16, 32], layers_per_block: 1,"
+        " norm_num_groups: 8, down_block_types: [DownBlock2D, AttnDownBlock2D],"
+        " up_block_types: [AttnUpBlock2D, UpBlock2D], attention_head_dim: 8}\n"
+        "max_rank: 16\nbatch_size: 16\nlr: 0.003\nwarmup_steps: 1\n"
+        "stages: [{mode: fine, steps: 2}, {mode: ofa, steps: 4}]\n"
+        "ofa: {sizes: [0.25, 0.5, 1.0], m: 3.0, p0: 0.25, importance_samples: 2, knobs: [widths, ranks]}\n"
+        "heldout_draws: 1\nmetric: {samples: 0}\n"
+    )
+    sn = train(recipe, tmp_path / "sn")
+    w = sn.spec.widths
+    assert w["criterion"] == "gradient" and set(w["allocations"]) == {"0.25", "0.50", "1.00"}
+    assert w["allocations"]["0.25"]["stage1"] < w["allocations"]["1.00"]["stage1"] == 32
+    small = sn.subnet(SubnetConfig(widths=w["allocations"]["0.25"]))
+    assert small.config.block_out_channels[1] == w["allocations"]["0.25"]["stage1"]
+    sens = sn.spec.sensitivity["widths"]["stage1"]
+    assert sens["32"] == 0.0 and len(sens) == len(w["knobs"]["stage1"])

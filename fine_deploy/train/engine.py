@@ -232,6 +232,8 @@ class TrainableSupernet(nn.Module):
         config = config or SubnetConfig()
         model = copy.deepcopy(self._skeleton(self._depth(config), self._widths(config)))
         model.load_state_dict({k: v.detach().clone() for k, v in self.state(config).items()}, strict=False)
+        for p in model.parameters():  # a free-standing copy: gradient importance differentiates it
+            p.requires_grad_(True)
         return model.eval()
 
     @torch.no_grad()
