@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--memory-subnets", type=int, default=40)
     ap.add_argument("--max-layers", type=int, default=12)
     ap.add_argument("--seed", type=int, default=2024)
-    ap.add_argument("--json", type=Path, default=Path("benchmarks/out/predictor_accuracy.json"))
+    ap.add_argument("--json", type=Path, default=Path("benchmarks/results/predictor_accuracy.json"))
     ap.add_argument("--lut", type=Path, default=None, help="Write the host LUT here (default: a temp file).")
     args = ap.parse_args()
     console = Console()
