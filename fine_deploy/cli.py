@@ -235,6 +235,34 @@ def retrain_cmd(
     typer.echo(f"{out}: export it with `fine-deploy export --plan {out / 'plan.json'} ...`")
 
 
+# --- sample (issue 8) ----------------------------------------------------------------------------
+
+
+@command("sample")
+def sample_cmd(
+    artifact: str = typer.Argument(..., help="Export dir, plan.json, supernet dir or `default`."),
+    steps: int = typer.Option(25, "--steps", help="Sampler steps."),
+    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
+    n: int = typer.Option(16, "--n", "-n", help="Number of images."),
+    output: Path = typer.Option(..., "-o", "--output", help="Grid PNG to write (sample.json beside it)."),
+    compare: bool = typer.Option(False, "--compare", help="Also the full model, same seeds: diff + Fréchet."),
+    sampler: str = typer.Option("ddim", "--sampler", help="ddim (deterministic) or ddpm (ancestral)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance (model's default)."),
+    labels: str | None = typer.Option(None, "--labels", help="Class labels, e.g. 0,1,2 (default: 0..K-1 cycled)."),
+    backend: str = typer.Option("auto", "--backend", help="auto, onnxruntime-cpu|cuda|tensorrt, tensorrt, coreml."),
+    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (runtime default)."),
+    supernet: Path | None = SupernetOpt,
+    json_path: Path | None = typer.Option(None, "--json", help="Record file (default: OUTPUT with .json)."),
+) -> None:
+    """Sample images from an artifact / plan / supernet; --compare puts the full model beside it."""
+    from fine_deploy.sample import sample
+    from fine_deploy.sample.api import parse_labels
+
+    sample(artifact, steps=steps, seed=seed, n=n, output=output, compare=compare, sampler=sampler, guidance=guidance,
+           labels=parse_labels(labels), backend=backend, threads=threads, supernet=supernet, json_path=json_path,
+           quiet=False)
+
+
 def main() -> None:
     app()
 

@@ -162,7 +162,8 @@ def test_diffusers_round_trip_through_stock_from_pretrained(dit_supernet, tmp_pa
     cfg = {"ranks": half_ranks(sn), "depth": 2}
     plan = make_plan(dit_supernet, cfg, uniform_kernels(sn, cfg, "shared_basis"))
     m = export(plan, "diffusers", tmp_path / "d")
-    loaded = DiTTransformer2DModel.from_pretrained(str(tmp_path / "d")).eval()
+    assert m.model == "transformer"  # a pipeline folder: model_index.json, scheduler/, transformer/
+    loaded = DiTTransformer2DModel.from_pretrained(str(tmp_path / "d"), subfolder="transformer").eval()
     assert loaded.config.num_layers == 2 and len(loaded.transformer_blocks) == 2
     ref = run(sn.subnet(SubnetConfig.from_json(cfg)), dit_inputs())
     assert torch.allclose(run(loaded, dit_inputs()), ref, atol=1e-6)

@@ -144,6 +144,7 @@ def export(
                 _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
                 step("diffusers folder written and checked")
             step("parity")
+            _sampling(tmp, sn, manifest)
             manifest.add_files(tmp)
             manifest.write(tmp)
             step("manifest")
@@ -233,27 +234,44 @@ def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], re
                               "re-export without --fp16")
 
 
+def _sampling(tmp: Path, sn: Supernet, manifest: Manifest) -> None:
+    """The training noise schedule travels with every artifact, in diffusers' scheduler/ layout."""
+    from fine_deploy.sample.schedule import SCHEDULER_DIR, SCHEDULER_FILE, training_schedule, write_scheduler
+
+    schedule = training_schedule(sn)
+    if not (tmp / SCHEDULER_DIR / SCHEDULER_FILE).exists():  # a diffusers pipeline folder already has it
+        write_scheduler(tmp, schedule)
+    n_cls = sn.spec.config.get("num_embeds_ada_norm") if sn.spec.backbone == "DiTTransformer2DModel" else None
+    recipe = sn.spec.provenance.get("recipe") if isinstance(sn.spec.provenance.get("recipe"), dict) else {}
+    guidance = float((recipe.get("metric") or {}).get("guidance_scale", 1.0)) if n_cls else 1.0
+    manifest.sampling = {"scheduler": f"{SCHEDULER_DIR}/{SCHEDULER_FILE}", "scheduler_source": schedule.source,
+                         "prediction_type": schedule.config.get("prediction_type", "epsilon"),
+                         "guidance_scale": guidance, "num_classes": n_cls, "null_class": n_cls}
+
+
 def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, torch.Tensor], ref: np.ndarray,
                manifest: Manifest, meta: dict, forms_asked: dict[str, str], *, fp16: bool) -> None:
+    from fine_deploy.export import pipeline_folder as pf
+    from fine_deploy.sample.schedule import training_schedule
     from fine_deploy.supernet.core import backbone_class
 
     model = sn.subnet(config)
     if fp16:
         model = model.half()
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    manifest.model = "."
+    component = pf.write_pipeline(tmp, model, sn.spec.backbone, training_schedule(sn))
+    manifest.model = component
     if forms_asked:
         names = sorted(set(forms_asked.values()))
         manifest.notes.append(FORMS_NOTE.format(forms="/".join(names), n=len(forms_asked)))
     manifest.kernels = {k: "dense" for k in manifest.kernels}
-    loaded = backbone_class(sn.spec.backbone).from_pretrained(str(tmp)).eval().float()
+    loaded = backbone_class(sn.spec.backbone).from_pretrained(str(tmp / component)).eval().float()
     out = run_torch(loaded, inputs).numpy()
     tol = par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL
     p = par.compare(out, ref, runtime="diffusers.from_pretrained", reference="torch", tolerance=tol, inputs=meta)
     manifest.parity.append(p.to_json())
     par.require(p, "diffusers folder")
     manifest.checks["diffusers"] = {"config": {k: v for k, v in dict(loaded.config).items() if not k.startswith("_")},
-                                    "from_pretrained": "ok"}
+                                    "from_pretrained": "ok", "pipeline": pf.check_pipeline(tmp)}
 
 
 def export_summary(m: Manifest) -> str:

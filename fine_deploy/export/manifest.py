@@ -39,6 +39,9 @@ class Manifest:
     checks: dict[str, Any] = field(default_factory=dict)  # format-specific checks and their results
     notes: list[str] = field(default_factory=list)  # what the format changed (e.g. forms folded dense)
     tools: dict[str, str | None] = field(default_factory=dict)
+    # how to sample it: {"scheduler": "scheduler/scheduler_config.json", "scheduler_source", "guidance_scale",
+    # "num_classes", "null_class"}; optional, so schema-1 manifests without it still load
+    sampling: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
     kind: str = FORMAT
 

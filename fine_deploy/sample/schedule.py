@@ -1,0 +1,105 @@
+"""Which noise schedule a model was trained with, and the scheduler folder that travels with every export.
+
+The schedule is part of the model: sampling a network with another beta schedule than it was trained on
+gives noise. `fine-deploy train` records its DDPM scheduler kwargs in the supernet's provenance (the
+recipe's `scheduler`); a retrained subnet points at its parent; a supernet that records none (a
+converted or untrained one) gets diffusers' `DDPMScheduler` defaults, and that fact is recorded with
+every artifact and sample so nobody mistakes it for the trained schedule.
+
+The file format is diffusers' own: `scheduler/scheduler_config.json` with `_class_name: DDPMScheduler`,
+which `DDIMScheduler.from_config` and the stock pipelines read as well.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fine_deploy.errors import FineDeployError
+
+SCHEDULER_DIR = "scheduler"
+SCHEDULER_FILE = "scheduler_config.json"
+SAMPLERS = ("ddim", "ddpm")
+DEFAULTS_SOURCE = "diffusers DDPMScheduler defaults (the supernet records no training schedule)"
+
+
+@dataclass
+class Schedule:
+    """The training noise schedule of a model: DDPMScheduler kwargs and where they came from."""
+
+    config: dict[str, Any]  # DDPMScheduler kwargs (num_train_timesteps, beta_schedule, ...)
+    source: str  # "recipe dit-digits (supernet provenance)" | "parent supernet ..." | DEFAULTS_SOURCE
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _clean(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def training_schedule(sn: Any, _seen: int = 0) -> Schedule:
+    """The DDPM schedule supernet `sn` was trained with (see the module docstring for the lookup order)."""
+    prov = dict(getattr(sn.spec, "provenance", None) or {})
+    recipe = prov.get("recipe")
+    if isinstance(recipe, dict) and isinstance(recipe.get("scheduler"), dict):
+        name = recipe.get("name") or prov.get("recipe_name") or "unnamed"
+        return Schedule(_full(recipe["scheduler"]), f"recipe {name} (supernet provenance)")
+    if isinstance(prov.get("scheduler"), dict):
+        return Schedule(_full(prov["scheduler"]), "supernet provenance")
+    parent = prov.get("parent")
+    if isinstance(parent, dict) and parent.get("path") and _seen < 4:
+        from fine_deploy.supernet.core import load_supernet
+
+        try:
+            up = load_supernet(parent["path"])
+        except (FineDeployError, OSError):
+            up = None
+        if up is not None and (not parent.get("sha256") or up.content_hash == parent["sha256"]):
+            s = training_schedule(up, _seen + 1)
+            return Schedule(s.config, f"parent supernet {parent['path']}: {s.source}")
+    return Schedule(_full({}), DEFAULTS_SOURCE)
+
+
+def _full(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every DDPMScheduler field spelled out, so the file reads the same under other diffusers defaults."""
+    from diffusers import DDPMScheduler
+
+    try:
+        return _clean(DDPMScheduler(**_clean(kwargs)).config)
+    except (TypeError, ValueError, NotImplementedError) as e:
+        raise FineDeployError(f"scheduler config {kwargs} is not a valid DDPMScheduler config ({e}); "
+                              "fix the recipe's `scheduler` field") from None
+
+
+def write_scheduler(directory: str | Path, schedule: Schedule) -> Path:
+    """Write `directory/scheduler/scheduler_config.json` (diffusers' layout); returns its path."""
+    from diffusers import DDPMScheduler
+
+    out = Path(directory) / SCHEDULER_DIR
+    DDPMScheduler(**schedule.config).save_pretrained(str(out))
+    return out / SCHEDULER_FILE
+
+
+def read_scheduler(directory: str | Path) -> dict[str, Any]:
+    """The scheduler kwargs stored in an artifact or pipeline folder."""
+    path = Path(directory) / SCHEDULER_DIR / SCHEDULER_FILE
+    try:
+        return _clean(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise FineDeployError(f"{directory} has no {SCHEDULER_DIR}/{SCHEDULER_FILE}; re-export it with this "
+                              "fine-deploy (older exports carried no schedule) or pass the plan instead") from None
+    except (OSError, ValueError) as e:
+        raise FineDeployError(f"{path} is not valid JSON ({e}); re-export the artifact") from None
+
+
+def make_scheduler(config: dict[str, Any], sampler: str) -> Any:
+    """A diffusers scheduler of kind `sampler` (ddim: deterministic, few steps; ddpm: ancestral) on `config`."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if sampler not in SAMPLERS:
+        raise FineDeployError(f"--sampler {sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    return cls.from_config(_clean(config))
