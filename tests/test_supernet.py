@@ -148,3 +148,21 @@ def test_bad_subnet_configs_are_refused(dit_supernet):
         sn.subnet({"rank": {}})
     with pytest.raises(FineDeployError, match="unknown width knob"):
         sn.subnet({"widths": {"stage1": 8}})
+
+
+def test_width_sliced_subnet_under_no_grad_and_its_layer_shapes(unet_supernet):
+    """Regressions: slicing inside torch.no_grad() failed (torch-pruning traces with autograd), and
+    layer_shapes reported the spec's full-width rows for a width-sliced subnet."""
+    from fine_deploy.supernet.core import layer_shapes
+
+    sn = Supernet.load(unet_supernet)
+    knob, opts = next(iter(sn.spec.widths["knobs"].items()))
+    narrow = min(opts)
+    with torch.no_grad():
+        sub = sn.subnet({"widths": {knob: narrow}})
+    assert list(sub.config.block_out_channels)[1] == narrow
+    shapes = dict(layer_shapes(sn, {"widths": {knob: narrow}}))
+    conv1 = shapes["down_blocks.1.resnets.0.conv1"]
+    assert conv1.m1 == narrow == sub.down_blocks[1].resnets[0].conv1.out_channels
+    qkv = shapes["down_blocks.1.attentions.0.qkv"]
+    assert qkv.m1 == 3 * narrow and qkv.m2 == narrow

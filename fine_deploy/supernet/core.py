@@ -212,7 +212,9 @@ class Supernet:
         if any(w != self.full_width(k) for k, w in config.widths.items()):
             from fine_deploy.supernet.ofa import slice_widths
 
-            model = slice_widths(model, config.widths, self.spec.widths["orders"])
+            # torch-pruning traces the graph with autograd, so slicing must not inherit a caller's no_grad
+            with torch.enable_grad():
+                model = slice_widths(model, config.widths, self.spec.widths["orders"])
         return model.eval()
 
     def full_width(self, knob: str) -> int:
@@ -317,7 +319,8 @@ def layer_shapes(sn: Supernet, config: SubnetConfig | dict | None = None, batch:
             if m["name"] not in seen:
                 continue
             shape = seen[m["name"]]
-            rows = sum(p["rows"][1] - p["rows"][0] for p in m["parts"])
+            # rows of the built modules, not of the spec: a width-sliced subnet has fewer
+            rows = sum(model.get_submodule(p["module"]).weight.shape[0] for p in m["parts"])
             mod = model.get_submodule(m["parts"][0]["module"])
             if t.kind == "conv":
                 n, c, h, w = shape
