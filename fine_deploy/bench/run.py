@@ -271,8 +271,9 @@ def _ms(s: float) -> str:
 
 def print_bench(result: BenchResult) -> None:
     """The rich table of a bench result (stdout)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from fine_deploy.console import wide_console
 
     s = result.settings
     table = Table(
@@ -309,9 +310,7 @@ def print_bench(result: BenchResult) -> None:
             f"{m.per_image_s:.4f}",
             f"{rss / 2**20:.1f}" if rss is not None else "-",
         )
-    console = Console()
-    if not console.is_terminal:  # CI logs: do not squeeze the table into 80 columns
-        console = Console(width=160)
+    console = wide_console(width=160)
     console.print(table)
 
 

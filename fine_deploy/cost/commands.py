@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fine_deploy.console import wide_console
 from fine_deploy.cost.lut import Lut
 
 
@@ -16,7 +17,6 @@ def _gib(n: float) -> str:
 
 def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """Print the device profiles and their aliases (the host is listed without probing it)."""
-    from rich.console import Console
     from rich.table import Table
 
     from fine_deploy.cost.profiles import list_profiles
@@ -42,7 +42,7 @@ def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) ->
             f"{r['memory_bandwidth'] / 1e9:.0f} GB/s",
             _gib(r["usable_memory_bytes"]),
         )
-    Console().print(table)
+    wide_console().print(table)
     return rows
 
 

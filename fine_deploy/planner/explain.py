@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from fine_deploy.console import wide_console
 from fine_deploy.planner.milp import Limits, Solution
 from fine_deploy.planner.space import Space, evaluate, layer_exists, layer_option
 from fine_deploy.planner.units import format_bytes, format_seconds
@@ -94,10 +95,9 @@ def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) ->
 
 
 def print_plan(plan, budget, elapsed_s: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = wide_console()
     pr = plan.predicted
     table = Table(title=f"plan for {plan.profile['resolved']} ({plan.supernet['path']} supernet)")
     for col in ("knob", "value", "options", "loss", "latency", "memory", "forms", "why"):

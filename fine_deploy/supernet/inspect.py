@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from fine_deploy.console import wide_console
 from fine_deploy.supernet.core import Supernet, load_supernet
 
 
@@ -50,11 +50,6 @@ def summary(sn: Supernet) -> dict[str, Any]:
         "depth": spec.depth,
         "sensitivity": spec.sensitivity or {},
     }
-
-
-def wide_console() -> Console:
-    """A terminal keeps its width; piped output gets room for a whole table row instead of rich's 80."""
-    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def _fmt(n: int) -> str:
