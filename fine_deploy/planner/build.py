@@ -15,8 +15,6 @@ import re
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
@@ -29,53 +27,10 @@ _MAX_JOINT_TRACES = 256
 
 
 def trace_shapes(sn, config: dict[str, Any], batch: int, resolution: int | None) -> dict[str, LayerShape]:
-    """matrix name -> LayerShape of a subnet, its out-rows summed over the (possibly sliced) parts.
+    """matrix name -> LayerShape of a subnet (rows of the possibly width-sliced modules)."""
+    from fine_deploy.supernet.core import layer_shapes
 
-    Like supernet.core.layer_shapes, but m1 is read from the built modules, so width-sliced subnets
-    get their sliced rows (layer_shapes takes m1 from the spec's full-width part rows).
-    """
-    from fine_deploy.supernet.core import example_inputs
-
-    model = sn.subnet(config)  # outside no_grad: width slicing traces a dependency graph with autograd
-    seen: dict[str, tuple] = {}
-    hooks = []
-    for t in sn.types:
-        for m in t.matrices:
-            try:
-                mod = model.get_submodule(m["parts"][0]["module"])
-            except AttributeError:  # block dropped by the depth knob
-                continue
-
-            def hook(mod, args, out, name=m["name"]):
-                seen[name] = tuple(out.shape)
-
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(**example_inputs(sn.spec.backbone, sn.spec.config, batch, resolution))
-    finally:
-        for h in hooks:
-            h.remove()
-    out: dict[str, LayerShape] = {}
-    for t in sn.types:
-        for m in t.matrices:
-            if m["name"] not in seen:
-                continue
-            mods = [model.get_submodule(p["module"]) for p in m["parts"]]
-            shape = seen[m["name"]]
-            if t.kind == "conv":
-                rows = sum(mod.out_channels for mod in mods)
-                n, _, h, w = shape
-                k = t.kernel_size[0]
-                out[m["name"]] = LayerShape("conv", rows, mods[0].in_channels * k * k, n * h * w, k=k,
-                                            group=t.name, stride=mods[0].stride[0], out_w=w)
-            else:
-                rows = sum(mod.out_features for mod in mods)
-                tokens = 1
-                for d in shape[:-1]:
-                    tokens *= d
-                out[m["name"]] = LayerShape("linear", rows, mods[0].in_features, tokens, group=t.name)
-    return out
+    return dict(layer_shapes(sn, config, batch, resolution))
 
 
 class _Cache:
