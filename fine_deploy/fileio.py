@@ -79,3 +79,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def read_json(path: str | os.PathLike, *, missing: str, invalid: str) -> Any:
+    """Parse a JSON file; a missing or unparsable file is a FineDeployError ending in the given fix."""
+    from fine_deploy.errors import FineDeployError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FineDeployError(f"{path} does not exist; {missing}") from None
+    except (OSError, ValueError) as e:
+        raise FineDeployError(f"{path} is not valid JSON ({e}); {invalid}") from None

@@ -141,7 +141,7 @@ def test_lut_round_trips_and_validates(tmp_path):
     with pytest.raises(FineDeployError, match="non-positive"):
         load_lut(path)
     path.write_text("{")
-    with pytest.raises(FineDeployError, match="not readable JSON"):
+    with pytest.raises(FineDeployError, match="not valid JSON"):
         load_lut(path)
     with pytest.raises(FineDeployError, match="does not exist"):
         load_lut(tmp_path / "missing.json")

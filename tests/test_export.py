@@ -216,7 +216,7 @@ def test_cli_export_and_error(dit_supernet, tmp_path):
     assert "exported onnx" in r.output and (tmp_path / "o" / MANIFEST).is_file()
     assert json.loads((tmp_path / "o" / MANIFEST).read_text())["supernet"]["sha256"] == sn.content_hash
     r = CliRunner().invoke(app, ["export", "--plan", str(tmp_path / "nope.json"), "--format", "onnx", "-o", "x"])
-    assert r.exit_code == 2 and "no such plan file" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output
 
 
 def test_runtime_feeds_respect_the_manifest_integer_ranges(dit_supernet, tmp_path):

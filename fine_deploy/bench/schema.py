@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
+from fine_deploy.fileio import read_json
 
 SCHEMA = 1
 KIND = "fine-deploy/bench"
@@ -123,10 +123,5 @@ def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 
 def load_bench(path: str | Path) -> BenchResult:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FineDeployError(f"{path} does not exist; run fine-deploy bench --json {path} first") from None
-    except (OSError, ValueError) as e:
-        raise FineDeployError(f"{path} is not valid JSON ({e}); re-run fine-deploy bench") from None
+    data = read_json(path, missing=f"run fine-deploy bench --json {path} first", invalid="re-run fine-deploy bench")
     return BenchResult.from_dict(data, str(path))

@@ -8,7 +8,6 @@ another runtime version is flagged instead of silently used.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json
+from fine_deploy.fileio import atomic_write_json, read_json
 
 SCHEMA = 1
 
@@ -153,14 +152,9 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
 
 def load_lut(path: str | os.PathLike) -> Lut:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FineDeployError(f"LUT {path} does not exist; run `fine-deploy profile --device NAME` first") from None
-    except (OSError, ValueError) as e:
-        raise FineDeployError(
-            f"LUT {path} is not readable JSON ({e.__class__.__name__}); re-run `fine-deploy profile`"
-        ) from None
+    data = read_json(
+        path, missing="run `fine-deploy profile --device NAME` first", invalid="re-run `fine-deploy profile`"
+    )
     return validate_lut_dict(data, f"LUT {path.name}")
 
 

@@ -7,13 +7,12 @@ exported, every file with its sha256, parity results and tool versions.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json, sha256_file
+from fine_deploy.fileio import atomic_write_json, read_json, sha256_file
 
 SCHEMA = 1  # fine_deploy.runtime.artifact reads schema 1
 FORMAT = "fine-deploy-export"
@@ -61,12 +60,7 @@ class Manifest:
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
         path = Path(directory) / MANIFEST
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FineDeployError(f"{directory} has no {MANIFEST}; it is not a fine-deploy export") from None
-        except (OSError, ValueError) as e:
-            raise FineDeployError(f"{path} is not valid JSON ({e}); re-run fine-deploy export") from None
+        d = read_json(path, missing="it is not a fine-deploy export", invalid="re-run fine-deploy export")
         if not isinstance(d, dict) or d.get("kind") != FORMAT or d.get("schema") != SCHEMA:
             raise FineDeployError(f"{path} is not a schema-{SCHEMA} fine-deploy export manifest; re-export")
         try:

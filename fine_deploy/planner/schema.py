@@ -6,13 +6,12 @@ profile / LUT it was priced with and their hashes, so that a plan is never appli
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json
+from fine_deploy.fileio import atomic_write_json, read_json
 
 SCHEMA = 1
 FORMAT = "fine-deploy-plan"
@@ -68,12 +67,9 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
-        if not path.is_file():
-            raise FineDeployError(f"{path}: no such plan file; make one with `fine-deploy plan ... -o {path}`")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise FineDeployError(f"{path}: not valid JSON ({e}); re-run `fine-deploy plan`") from None
+        d = read_json(
+            path, missing=f"make one with `fine-deploy plan ... -o {path}`", invalid="re-run `fine-deploy plan`"
+        )
         return cls.from_json(d, str(path))
 
 

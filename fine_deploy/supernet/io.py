@@ -7,7 +7,6 @@ is there with its shape, and finally the content hash. Nothing is ever unpickled
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_directory, atomic_write_json, sha256_file
+from fine_deploy.fileio import atomic_directory, atomic_write_json, read_json, sha256_file
 from fine_deploy.supernet.spec import SPEC_FILE, WEIGHTS_FILE, SupernetSpec
 
 
@@ -26,10 +25,7 @@ def read_spec(path: Path) -> SupernetSpec:
             f"{path}: not a supernet directory (no {SPEC_FILE}); create one with "
             "`fine-deploy convert --from-diffusers DIR -o SUPERNET` or omit it to use the default"
         )
-    try:
-        raw = json.loads(spec_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FineDeployError(f"{spec_path}: not valid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    raw = read_json(spec_path, missing="re-create the supernet", invalid="re-create the supernet")
     return SupernetSpec.from_json(raw, str(spec_path))
 
 
