@@ -211,7 +211,6 @@ def _fit(X: torch.Tensor, R: int, *, iters: int, tol: float, seed: int, bar: _Ba
     if R > min(k1, k2) or L * k1 * k2 * min(k1, k2) <= _CHEAP_BLOCK_START:
         starts.append(_block_start(G, R))
     scored = [(offset + _errsq(G, *s), s) for s in starts]
-    start_err, start = min(scored, key=lambda e: e[0])
     bar.advance()
 
     # A lower starting error does not predict the better ALS result (the block start, say, often
@@ -231,13 +230,14 @@ def _fit(X: torch.Tensor, R: int, *, iters: int, tol: float, seed: int, bar: _Ba
 
     U, V, S, final_err, clipped = _finalize(X, U, V, S, normsq)
     if clipped:
-        # The ordering had to change some σ to keep prefixes monotone; the start may now be better.
-        Us, Vs, Ss = start
-        Us = Us if P1 is None else P1 @ Us
-        Vs = Vs if P2 is None else P2 @ Vs
-        alt = _finalize(X, Us, Vs, Ss, normsq)
-        if alt[3] < final_err:
-            U, V, S = alt[:3]
+        # The ordering had to change some σ to keep prefixes monotone, which costs the best fit when
+        # its terms cancel one another; a start or a raced iterate may now come out ahead.
+        for Uc, Vc, Sc in [s for _, s in scored] + [r[:3] for r in raced if race > 0]:
+            Uc = Uc if P1 is None else P1 @ Uc
+            Vc = Vc if P2 is None else P2 @ Vc
+            alt = _finalize(X, Uc, Vc, Sc, normsq)
+            if alt[3] < final_err:
+                U, V, S, final_err = alt[:4]
     bar.advance()
     return U, V, S
 
