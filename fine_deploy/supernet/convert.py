@@ -18,9 +18,10 @@ from fine_deploy.supernet.core import Supernet, backbone_class, basis_names
 from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
 from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
 
-# Cap on the default rank of a type: exact_rank (L·min(m1, m2)) reproduces the dense weights but its
-# bases outgrow the dense weights themselves for large L, so big types stop at 4·min(m1, m2).
-DEFAULT_RANK_CAP_FACTOR = 4
+# Cap on the default rank of a type: exact_rank (L·min(m1, m2)) reproduces the dense weights, but its
+# bases outgrow the dense weights themselves for large L and ALS above min(m1, m2) gets no compressed
+# core (about a minute per sweep for a DiT-XL fc1), so big types stop at min(m1, m2).
+DEFAULT_RANK_CAP_FACTOR = 1
 
 
 def rank_ladder(max_rank: int, steps: int = 8) -> list[int]:
