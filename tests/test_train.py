@@ -157,6 +157,19 @@ def test_retrain_changes_only_sigma(tiny, tmp_path):
     assert len(model.transformer_blocks) == 1
 
 
+def test_sample_compare_of_a_retrained_subnet_uses_the_parent_as_full(tiny, tmp_path):
+    """Regression: --compare on a retrained SUBNET compared it with itself (diff 0) instead of its parent."""
+    from fine_deploy.sample import sample
+    from fine_deploy.train.retrain import retrain
+
+    out, sn = tiny
+    plan = _plan_for(out, sn, tmp_path, ranks={}, widths={}, depth=1)
+    sub_dir = retrain(plan, tmp_path / "subnet", steps=2, fraction=0.2)
+    res = sample(sub_dir / "plan.json", steps=2, n=2, compare=True)
+    assert res.record["compare"]["full"]["supernet"]["sha256"] == sn.content_hash
+    assert float(np.abs(res.images - res.full_images).mean()) > 1e-4
+
+
 def test_retrain_refuses_a_plan_from_another_supernet(tiny, dit_supernet, tmp_path):
     from fine_deploy.train.retrain import retrain
 

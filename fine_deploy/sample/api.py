@@ -61,7 +61,8 @@ def _supernet_source(path: str | Path | None) -> Source:
     info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config)
     where = "default" if path is None or str(path) == "default" else str(path)
     return Source("supernet", TorchDenoiser(sn.subnet(sn.full_config()), info, f"full supernet {where}"),
-                  training_schedule(sn), _recipe_guidance(sn) if info.class_conditional else 1.0, lambda: sn,
+                  training_schedule(sn), _recipe_guidance(sn) if info.class_conditional else 1.0,
+                  lambda: _root_supernet(sn, where),
                   {"supernet": {"path": where, "sha256": sn.content_hash}, "subnet": sn.full_config().to_json()})
 
 
@@ -76,7 +77,7 @@ def _plan_source(path: Path, supernet: str | Path | None) -> Source:
     info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, res)
     where = str(supernet or plan.supernet.get("path", "default"))
     return Source("plan", TorchDenoiser(sn.subnet(config), info, f"plan {path}"), training_schedule(sn),
-                  _recipe_guidance(sn) if info.class_conditional else 1.0, lambda: sn,
+                  _recipe_guidance(sn) if info.class_conditional else 1.0, lambda: _root_supernet(sn, where),
                   {"plan": str(path), "supernet": {"path": where, "sha256": sn.content_hash},
                    "subnet": config.to_json()})
 
@@ -86,6 +87,25 @@ def _export_info(m: Any) -> ModelInfo:
     labels = next((i for i in m.inputs if i["name"] == "class_labels"), None)
     n_cls = int(labels["range"][1]) if labels and labels.get("range") else None
     return ModelInfo(m.backbone, int(x[1]), int(x[-1]), n_cls)
+
+
+def _root_supernet(sn: Any, where: Any) -> Any:
+    """The full model to compare with: a retrained SUBNET's parent supernet, not the subnet itself."""
+    from fine_deploy.supernet.core import load_supernet
+
+    parent = sn.spec.provenance.get("parent") if isinstance(sn.spec.provenance, dict) else None
+    while parent:
+        try:
+            up = load_supernet(parent.get("path", "default"))
+        except FineDeployError as e:
+            raise FineDeployError(f"--compare: {where} was retrained from {parent.get('path')}, which cannot be "
+                                  f"loaded ({e}); pass the parent with --supernet") from None
+        if parent.get("sha256") and up.content_hash != parent["sha256"]:
+            raise FineDeployError(f"--compare: the parent supernet {parent.get('path')} of {where} has changed "
+                                  "since retraining; pass the original with --supernet")
+        sn, where = up, parent.get("path")
+        parent = sn.spec.provenance.get("parent") if isinstance(sn.spec.provenance, dict) else None
+    return sn
 
 
 def _export_source(directory: Path, backend: str, threads: int | None, supernet: str | Path | None) -> Source:
@@ -117,7 +137,7 @@ def _export_source(directory: Path, backend: str, threads: int | None, supernet:
         if m.supernet.get("sha256") and sn.content_hash != m.supernet["sha256"]:
             raise FineDeployError(f"supernet {where} (hash {sn.content_hash[:12]}) is not the one {directory} was "
                                   f"exported from (hash {m.supernet['sha256'][:12]}); pass the right --supernet")
-        return sn
+        return _root_supernet(sn, where)
 
     return Source("export", denoiser, schedule, float(sampling.get("guidance_scale", 1.0)), full,
                   {"export": str(directory), "format": m.format, "supernet": m.supernet, "subnet": m.subnet})
@@ -227,7 +247,7 @@ def sample(
         if guidance is not None:
             raise FineDeployError(f"--guidance {g}: classifier-free guidance needs a class-conditional model")
         g = 1.0
-    full_denoiser = None
+    full_denoiser, full_ref = None, None
     if compare:
         from fine_deploy.supernet.core import SubnetConfig
 
@@ -235,6 +255,7 @@ def sample(
         cfg = SubnetConfig({t.name: t.max_rank for t in sn.types}, {}, None)
         full_info = ModelInfo(sn.spec.backbone, info.channels, info.resolution, info.num_classes)
         full_denoiser = TorchDenoiser(sn.subnet(cfg), full_info, "full supernet")
+        full_ref = {"path": str(sn.path) if sn.path else "default", "sha256": sn.content_hash}
 
     runs = [("compressed" if compare else "model", src.denoiser)]
     if full_denoiser is not None:
@@ -265,7 +286,7 @@ def sample(
     if full_images is not None:
         d = np.abs(images - full_images).reshape(n, -1)
         record["compare"] = {
-            "full": {"supernet": record.get("supernet"), "runtime": "torch"},
+            "full": {"supernet": full_ref, "runtime": "torch"},
             "per_image": [{"seed": seed + i, "label": None if lab is None else int(lab[i]),
                            "max_abs_diff": round(float(d[i].max()), 6), "mean_abs_diff": round(float(d[i].mean()), 6)}
                           for i in range(n)],
