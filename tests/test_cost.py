@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -97,6 +98,23 @@ def test_roofline_fit_recovers_a_known_machine():
     assert fit.peak_flops == pytest.approx(5e10, rel=0.05)
     assert fit.per_kernel_s == pytest.approx(2e-6, rel=0.1)
     assert fit.median_abs_rel_error < 0.01
+
+
+def test_roofline_fit_stays_finite_on_noisy_few_entries():
+    """Regression (CI): six noisy entries of two shapes made the unbounded fit overflow ("diverged")."""
+    rng = np.random.default_rng(0)
+    shapes = ((LayerShape("linear", 512, 512, 64, group="big"), 4), (LayerShape("linear", 64, 64, 16, group="s"), 8))
+    for _ in range(40):
+        entries = []
+        for s, r in shapes:
+            for form in ("dense", "low_rank", "shared_basis"):
+                rank = None if form == "dense" else r
+                flops, nbytes, kernels = layer_traffic(s, form, rank)
+                machine = Roofline(1e10 * rng.uniform(0.5, 2), 1e10 * rng.uniform(0.5, 2), 2e-6 * rng.uniform(0, 2))
+                t = machine.seconds(flops, nbytes, kernels) * rng.uniform(0.5, 2)
+                entries.append(LutEntry(s, form, rank, form_macs(s, form, rank), 4, 4, t, t, t))
+        fit = fit_roofline(entries)
+        assert all(math.isfinite(v) and v > 0 for v in (fit.peak_flops, fit.bandwidth, fit.per_kernel_s))
 
 
 def test_memory_counts_shared_bases_once_and_peak_activations():

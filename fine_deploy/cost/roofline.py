@@ -88,8 +88,17 @@ def fit_roofline(entries: list[LutEntry]) -> Roofline:
         return np.maximum(flops / peak, nbytes / bw) + kernels * k
 
     x0 = np.log([np.max(flops / meas), np.max(nbytes / meas), np.min(meas) / 4])
-    res = least_squares(lambda p: predict(p) / meas - 1.0, x0, method="lm" if len(rows) > 3 else "trf")
-    peak, bw, k = (float(v) for v in np.exp(res.x))
+    def resid(p: np.ndarray) -> np.ndarray:
+        return predict(p) / meas - 1.0
+
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        res = least_squares(resid, x0, method="lm" if len(rows) > 3 else "trf")
+        if not np.all(np.isfinite(np.exp(res.x))):
+            # one term can be unidentifiable (every layer compute-bound: any larger bandwidth fits) and the
+            # unbounded solver walks it to overflow; bounded, it stops where the term stops mattering
+            span = np.log(1e4)
+            res = least_squares(resid, x0, method="trf", bounds=(x0 - span - np.array([0, 0, 14.0]), x0 + span))
+        peak, bw, k = (float(v) for v in np.exp(res.x))
     err = float(np.median(np.abs(predict(res.x) / meas - 1.0)))
     if not all(math.isfinite(v) and v > 0 for v in (peak, bw, k)):
         raise ValueError("roofline fit diverged")
