@@ -84,3 +84,12 @@ def unet_supernet(unet_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sn") / "unet_supernet"
     convert(unet_dir, out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For sampling loops over tiny models: on a loaded 2-core runner 2-thread torch spin-waits up to 50x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

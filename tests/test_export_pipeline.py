@@ -14,13 +14,7 @@ from fine_deploy.planner.schema import Plan
 from fine_deploy.sample import sample
 from fine_deploy.supernet.core import load_supernet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _plan(sn_dir, path, **subnet) -> None:

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fine_deploy.errors import FineDeployError
@@ -17,14 +16,7 @@ from fine_deploy.sample import make_scheduler, read_scheduler, sample, training_
 from fine_deploy.sample.schedule import DEFAULTS_SOURCE
 from fine_deploy.supernet.core import SubnetConfig, Supernet, load_supernet
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # a loaded 2-core runner makes 2-thread torch spin-wait up to 50x slower on these tiny models
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def half_plan(sn_dir, path, kernels: str | None = None, batch: int = 1) -> Plan:
