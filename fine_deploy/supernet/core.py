@@ -59,6 +59,44 @@ def basis_names(t: str) -> tuple[str, str]:
     return f"basis.{t}.U", f"basis.{t}.V"
 
 
+def depth_positions(full: int | None, depth: int | None) -> list[float] | None:
+    """Source position along the supernet's depth of each block of a depth-`depth` subnet (None: all kept)."""
+    if depth is None or depth == full:
+        return None
+    if depth == 1:
+        return [0.0]
+    return [j * (full - 1) / (depth - 1) for j in range(depth)]
+
+
+def sigma_sources(matrix: str, pos: list[float] | None, full: int | None) -> list[tuple[str, float]]:
+    """(supernet matrix, weight) pairs whose weighted σ sum is `matrix`'s σ: linear interpolation along depth."""
+    if pos is None:
+        return [(matrix, 1.0)]
+    p = pos[int(_BLOCK.match(matrix).group(1))]
+    lo, hi = int(p), min(int(p) + 1, full - 1)
+    a = p - lo
+    srcs = [(_BLOCK.sub(f"transformer_blocks.{lo}.", matrix), 1 - a)]
+    if a > 0:
+        srcs.append((_BLOCK.sub(f"transformer_blocks.{hi}.", matrix), a))
+    return srcs
+
+
+def dense_source(name: str, pos: list[float] | None) -> str:
+    """The supernet parameter a subnet's dense parameter copies: the nearest block along depth."""
+    m = _BLOCK.match(name)
+    if pos is None or not m:
+        return name
+    return _BLOCK.sub(f"transformer_blocks.{round(pos[int(m.group(1))])}.", name)
+
+
+def backbone_config(config: dict[str, Any], depth: int | None = None) -> dict[str, Any]:
+    """The diffusers config of a subnet: the supernet's public keys, `num_layers` set by the depth knob."""
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    if depth is not None:
+        cfg["num_layers"] = depth
+    return cfg
+
+
 def fold(U: torch.Tensor, V: torch.Tensor, sigma: torch.Tensor, r: int) -> torch.Tensor:
     """Dense matrix U_r · diag(σ_r) · V_rᵀ, computed in float64 so folding adds no rounding of its own."""
     return ((U[:, :r].double() * sigma[:r].double()) @ V[:, :r].double().T).to(U.dtype)
@@ -128,13 +166,7 @@ class Supernet:
 
     # --- materialise ------------------------------------------------------------------------------
     def _depth_map(self, depth: int | None) -> list[float] | None:
-        """Source position along the supernet's depth of each new block (None: keep all blocks)."""
-        L = self.full_depth
-        if depth is None or depth == L:
-            return None
-        if depth == 1:
-            return [0.0]
-        return [j * (L - 1) / (depth - 1) for j in range(depth)]
+        return depth_positions(self.full_depth, depth)
 
     def sigma(self, matrix: str, depth: int | None = None) -> torch.Tensor:
         """σ of a matrix of the subnet at `depth` (interpolated along depth when it differs from full)."""
@@ -143,28 +175,10 @@ class Supernet:
     def _sigma(self, matrix: str, pos_map: list[float] | None) -> torch.Tensor:
         if pos_map is None:
             return self.tensors[f"sigma.{matrix}"]
-        j = int(_BLOCK.match(matrix).group(1))
-        p = pos_map[j]
-        lo, hi = int(p), min(int(p) + 1, self.full_depth - 1)
-        a = p - lo
-        s_lo = self.tensors[f"sigma.{_BLOCK.sub(f'transformer_blocks.{lo}.', matrix)}"]
-        s_hi = self.tensors[f"sigma.{_BLOCK.sub(f'transformer_blocks.{hi}.', matrix)}"]
-        return (1 - a) * s_lo + a * s_hi
-
-    def _dense_source(self, name: str, pos_map: list[float] | None) -> str:
-        m = _BLOCK.match(name)
-        if pos_map is None or not m:
-            return name
-        return _BLOCK.sub(f"transformer_blocks.{round(pos_map[int(m.group(1))])}.", name)
-
-    def backbone_config(self, depth: int | None = None) -> dict[str, Any]:
-        cfg = {k: v for k, v in self.spec.config.items() if not k.startswith("_")}
-        if depth is not None:
-            cfg["num_layers"] = depth
-        return cfg
+        return sum(w * self.tensors[f"sigma.{n}"] for n, w in sigma_sources(matrix, pos_map, self.full_depth))
 
     def _new_module(self, depth: int | None) -> nn.Module:
-        return backbone_class(self.spec.backbone).from_config(self.backbone_config(depth))
+        return backbone_class(self.spec.backbone).from_config(backbone_config(self.spec.config, depth))
 
     def folded_state_dict(self, config: SubnetConfig) -> dict[str, torch.Tensor]:
         """State dict of the full-width subnet at the config's ranks and depth, all weights dense."""
@@ -173,7 +187,7 @@ class Supernet:
         model = self._new_module(depth)
         sd: dict[str, torch.Tensor] = {}
         for name, _ in model.named_parameters():
-            src = self._dense_source(name, pos_map)
+            src = dense_source(name, pos_map)
             if f"dense.{src}" in self.tensors:
                 sd[name] = self.tensors[f"dense.{src}"]
         n_new = depth if depth is not None else None

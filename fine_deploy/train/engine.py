@@ -20,7 +20,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fine_deploy.supernet.core import SubnetConfig, Supernet, backbone_class, basis_names
+from fine_deploy.supernet.core import (
+    SubnetConfig,
+    Supernet,
+    backbone_class,
+    backbone_config,
+    basis_names,
+    dense_source,
+    depth_positions,
+    sigma_sources,
+)
 
 _BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 
@@ -87,37 +96,21 @@ class TrainableSupernet(nn.Module):
         """Where every parameter of the depth-`depth` module comes from (cached per depth)."""
         if depth in self._plans:
             return self._plans[depth]
-        L = self.full_depth
-        pos = None
-        if depth is not None:
-            pos = [0.0] if depth == 1 else [j * (L - 1) / (depth - 1) for j in range(depth)]
+        pos = depth_positions(self.full_depth, depth)
         skeleton = self._skeleton(depth, ())
         factorised = {f"{p['module']}.weight" for t in self.spec.types for m in t.matrices for p in m["parts"]}
         dense = []
         for name, _ in skeleton.named_parameters():
             if name in factorised:
                 continue
-            m = _BLOCK.match(name)
-            src = name
-            if pos is not None and m:
-                src = _BLOCK.sub(f"transformer_blocks.{round(pos[int(m.group(1))])}.", name)
-            dense.append((name, _key(src)))
+            dense.append((name, _key(dense_source(name, pos))))
         mats = []
         for t in self.spec.types:
             for mat in t.matrices:
                 blk = _BLOCK.match(mat["name"])
-                if pos is not None and blk:
-                    j = int(blk.group(1))
-                    if j >= depth:
-                        continue
-                    p = pos[j]
-                    lo, hi = int(p), min(int(p) + 1, L - 1)
-                    a = p - lo
-                    srcs = [(_BLOCK.sub(f"transformer_blocks.{lo}.", mat["name"]), 1 - a)]
-                    if a > 0:
-                        srcs.append((_BLOCK.sub(f"transformer_blocks.{hi}.", mat["name"]), a))
-                else:
-                    srcs = [(mat["name"], 1.0)]
+                if pos is not None and blk and int(blk.group(1)) >= depth:
+                    continue
+                srcs = sigma_sources(mat["name"], pos, self.full_depth)
                 parts = tuple((f"{p['module']}.weight", p["rows"][0], p["rows"][1]) for p in mat["parts"])
                 mats.append(_MatrixSource(t.name, mat["name"], tuple(srcs), parts))
         self._plans[depth] = (dense, mats)
@@ -132,10 +125,7 @@ class TrainableSupernet(nn.Module):
                 full = self._skeleton(depth, ())
                 model = slice_widths(full, dict(widths), self.spec.widths["orders"])
             else:
-                cfg = {k: v for k, v in self.spec.config.items() if not k.startswith("_")}
-                if depth is not None:
-                    cfg["num_layers"] = depth
-                model = backbone_class(self.backbone).from_config(cfg)
+                model = backbone_class(self.backbone).from_config(backbone_config(self.spec.config, depth))
             ref = next(self.parameters())
             model = model.to(ref.device).eval()
             for p in model.parameters():

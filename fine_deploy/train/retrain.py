@@ -23,7 +23,7 @@ import torch
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory
-from fine_deploy.supernet.core import SubnetConfig, Supernet
+from fine_deploy.supernet.core import SubnetConfig, Supernet, dense_source, depth_positions
 from fine_deploy.train.data import fraction as data_fraction
 from fine_deploy.train.data import load_images, split
 from fine_deploy.train.engine import TrainableSupernet, sigma_only
@@ -40,7 +40,7 @@ def restrict_depth(sn: Supernet, depth: int | None) -> Supernet:
     L = sn.full_depth
     if depth is None or depth == L:
         return Supernet(spec, dict(sn.tensors))
-    pos = [0.0] if depth == 1 else [j * (L - 1) / (depth - 1) for j in range(depth)]
+    pos = depth_positions(L, depth)
     tensors = {k: v for k, v in sn.tensors.items() if k.startswith("basis.")}
     for t in spec.types:
         t.matrices = [m for m in t.matrices
@@ -52,8 +52,7 @@ def restrict_depth(sn: Supernet, depth: int | None) -> Supernet:
         b = _BLOCK.match(name)
         if b and int(b.group(1)) >= depth:
             continue
-        src = _BLOCK.sub(f"transformer_blocks.{round(pos[int(b.group(1))])}.", name) if b else name
-        tensors[f"dense.{name}"] = sn.tensors[f"dense.{src}"]
+        tensors[f"dense.{name}"] = sn.tensors[f"dense.{dense_source(name, pos)}"]
         dense.append(name)
     spec.dense = dense
     spec.config = dict(spec.config, num_layers=depth)
