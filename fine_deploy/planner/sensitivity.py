@@ -100,7 +100,6 @@ def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
     from fine_deploy.supernet.core import example_inputs
 
     inputs = example_inputs(sn.spec.backbone, sn.spec.config, batch, None, seed)
-    # subnets are built outside no_grad: width slicing traces a dependency graph with autograd
     model = sn.subnet(sn.full_config())
     with torch.no_grad():
         y_full = model(**inputs).sample.double()

@@ -226,9 +226,7 @@ class Supernet:
         if any(w != self.full_width(k) for k, w in config.widths.items()):
             from fine_deploy.supernet.ofa import slice_widths
 
-            # torch-pruning traces the graph with autograd, so slicing must not inherit a caller's no_grad
-            with torch.enable_grad():
-                model = slice_widths(model, config.widths, self.spec.widths["orders"])
+            model = slice_widths(model, config.widths, self.spec.widths["orders"])
         return model.eval()
 
     def full_width(self, knob: str) -> int:

@@ -251,7 +251,9 @@ def dependency_groups(
     was_training = model.training
     model.eval()
     try:
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        # torch-pruning traces the graph through autograd: a caller's no_grad would leave it empty
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
         names = {m: n for n, m in model.named_modules()}
         out = []
         for group in dg.get_all_groups(root_module_types=root_types):
