@@ -15,7 +15,7 @@ from typing import Any
 from fine_deploy.errors import FineDeployError
 
 KINDS = ("linear", "conv")
-FORMS = ("dense", "low_rank", "shared_basis")  # = planner.schema.KERNEL_FORMS
+FORMS = ("dense", "low_rank", "shared_basis")  # kernel forms of DESIGN §4; plan.json uses these names
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fine_deploy.cost.shapes import FORMS
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json, read_json
 
 SCHEMA = 1
 FORMAT = "fine-deploy-plan"
-KERNEL_FORMS = ("dense", "low_rank", "shared_basis")
+KERNEL_FORMS = FORMS  # the cost model prices exactly the forms a plan may choose
 
 
 @dataclass
