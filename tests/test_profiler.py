@@ -109,3 +109,47 @@ def test_profiling_another_device_here_is_refused_without_an_explicit_runtime(pr
     with pytest.raises(FineDeployError, match="run the profiler on the device itself"):
         profile("a100", tmp_path / "y.json", shapes=[SMALL], profiles=profiles, show_progress=False)
     assert not (tmp_path / "y.json").exists()
+
+
+def test_fit_costs_recovers_in_model_costs_from_whole_chains():
+    """One-layer estimates 30% off in both directions; chains timed at the true additive costs
+    must pull every chained entry at least 3x closer to its truth (the ridge keeps some pull
+    towards the one-layer value) and recover the fixed overhead within 0.5 us."""
+    import random
+
+    from fine_deploy.cost.lut import Lut, LutEntry
+    from fine_deploy.cost.profiler import fit_costs, layer_choices
+    from fine_deploy.cost.shapes import default_shapes, distinct, form_macs
+    from fine_deploy.cost.subnets import random_chain
+
+    shapes = [s for s in distinct(default_shapes()) if s.kind == "linear" and s.tokens == 16][:4]
+    rng = random.Random(0)
+    truth, entries = {}, {}
+    for s in shapes:
+        for c in layer_choices(s, [8, 32]):
+            t = 1e-6 * rng.uniform(2, 20)
+            single = t * rng.choice((0.7, 1.3))
+            truth[c.key()] = t
+            entries[c.key()] = LutEntry(s, c.form, c.rank, form_macs(s, c.form, c.rank), 4, 4, single, single, single,
+                                        single_s=single)
+    lut = Lut("host", "onnxruntime-cpu", {}, {}, {}, {}, 5e-6, entries=entries)
+    ranks = {s.key(): [8, 32] for s in shapes}
+    chains = [random_chain(shapes, rng, ranks=ranks) for _ in range(300)]
+    seconds = [5e-6 + 2e-6 + sum(truth[c.key()] for c in ch) for ch in chains]
+    result = fit_costs(lut, chains, seconds)
+    seen = {c.key() for ch in chains for c in ch}
+    assert len(seen) >= 10
+    for k in seen:
+        e = lut.entries[k]
+        assert abs(e.seconds - truth[k]) < abs(e.single_s - truth[k]) / 3, k
+    assert result["fixed_s"] == pytest.approx(2e-6, abs=5e-7)
+    assert result["median_abs_rel_error"] < 0.01 < result["one_layer_median_abs_rel_error"]
+
+
+def test_fit_costs_refuses_a_chain_layer_without_an_entry():
+    from fine_deploy.cost.lut import Lut
+    from fine_deploy.cost.profiler import fit_costs
+
+    lut = Lut("host", "onnxruntime-cpu", {}, {}, {}, {}, 5e-6)
+    with pytest.raises(FineDeployError, match="has no LUT entry"):
+        fit_costs(lut, [[LayerChoice(SMALL)]], [1e-5])

@@ -17,7 +17,8 @@ from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json, read_json
 
-SCHEMA = 1
+# 2: `seconds` is fitted on whole chains (the one-layer estimate moved to `single_s`)
+SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,14 @@ class LutEntry:
     macs: int
     weight_bytes: int
     activation_bytes: int  # input + intermediate + output, fp32
-    # what the layer adds inside a model: its one-layer graph's time minus the empty graph's and
-    # minus half the boundary cost of its input and of its output tensor (see `boundaries`)
+    # what the layer adds inside a model: fitted on timed whole chains (profiler.fit_in_model),
+    # starting from `single_s`
     seconds: float
     raw_s: float  # its one-layer graph's time, as measured
     median_s: float
+    # its one-layer graph's time minus the empty graph's and minus half the boundary cost of its
+    # input and of its output tensor (see `boundaries`): the fit's prior
+    single_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,7 +66,8 @@ class Lut:
     roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
     memory: dict[str, Any] = field(default_factory=dict)  # runtime memory factors (memory.fit_memory)
     complete: bool = False
-    # the reference graph's time when profiling began: every timing is rescaled to that machine speed
+    # the reference graph's median time over this run's timing groups (profiler.Timer): comparing
+    # it with a later run's says whether the machine has since become faster or slower
     reference_s: float = 0.0
     schema: int = SCHEMA
 

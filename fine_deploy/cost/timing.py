@@ -5,6 +5,10 @@ model varies by ~20% from repeat to repeat; with 1 intra-op thread, spinning off
 minimum over >= 60 runs, repeats agree within 10% ~98% of the time. The minimum estimates the
 undisturbed cost (noise only ever adds time), and interleaving the candidates round by round
 spreads slow phases of the machine over all of them instead of biasing one.
+
+The host's CPU also runs slower until it has been busy for a while: a 17 us graph timed right
+after an idle pause took 16-20 us, and 12 us once the core had been busy for 2 s (it dropped
+back within 0.1 s of idling). `spin_up` keeps a timing from starting on a cold core.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Protocol:
     # intra-op thread, where all work runs in that thread: time the scheduler gives to other
     # processes of a shared machine is then not counted. "wall": perf_counter, for GPUs and threads > 1.
     clock: str = "thread"
+    # busy seconds before a timing group starts when the core idled since the last one (see spin_up)
+    spinup_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -48,8 +54,10 @@ class Protocol:
             raise FineDeployError(
                 "the thread clock needs threads=1 (other threads' work is not counted); use clock=wall"
             )
-        if self.threads < 1 or self.rounds < 1 or self.runs_per_round < 1 or self.warmup < 0:
-            raise FineDeployError("protocol counts must be positive (threads, rounds, runs_per_round >= 1)")
+        if self.threads < 1 or self.rounds < 1 or self.runs_per_round < 1 or self.warmup < 0 or self.spinup_s < 0:
+            raise FineDeployError(
+                "protocol counts must be positive (threads, rounds, runs_per_round >= 1; warmup, spinup_s >= 0)"
+            )
 
     @property
     def samples(self) -> int:
@@ -61,6 +69,28 @@ class Protocol:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Protocol:
         return cls(**d)
+
+
+_last_busy = {"wall": float("-inf"), "cpu": 0.0}  # when this process's last timing group ended
+
+
+def spin_up(seconds: float) -> None:
+    """Keep the calling thread busy for `seconds` unless it stayed busy since the last timing group.
+
+    "Busy" means its CPU time grew by >= 90% of the wall time since then: building graphs and
+    opening sessions between groups keep the core warm, while sleeping, file syncs and other
+    processes let it cool down.
+    """
+    wall, cpu = time.perf_counter() - _last_busy["wall"], time.thread_time() - _last_busy["cpu"]
+    if seconds <= 0 or cpu >= 0.9 * wall:
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:  # plain Python: one thread, like the timing (BLAS would start more)
+        sum(range(1000))
+
+
+def _mark_busy() -> None:
+    _last_busy["wall"], _last_busy["cpu"] = time.perf_counter(), time.thread_time()
 
 
 def run_timer(run: Callable[[], object], clock: str) -> Callable[[int], np.ndarray]:
@@ -100,6 +130,7 @@ def measure_interleaved(
     runners: Sequence[Callable[[int], np.ndarray]], protocol: Protocol, *, seed: int = 0
 ) -> list[Timing]:
     """Time every runner (`runner(n)` -> n seconds-per-run samples) round by round in shuffled order."""
+    spin_up(protocol.spinup_s)
     for run in runners:
         if protocol.warmup:
             run(protocol.warmup)
@@ -111,6 +142,7 @@ def measure_interleaved(
             rng.shuffle(order)
         for i in order:
             samples[i].append(runners[i](protocol.runs_per_round))
+    _mark_busy()
     out = []
     for chunks in samples:
         s = np.concatenate(chunks)
