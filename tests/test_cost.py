@@ -188,24 +188,32 @@ def test_predictor_says_which_source_each_layer_used():
 def test_memory_fit_recovers_runtime_factors_and_predicts_with_them():
     from fine_deploy.cost.memory import fit_memory, memory_features
 
-    truth = {"session": 3e5, "conv_session": 6e5, "conv_w": 3.0, "w": 2.0, "act": 1.5}
+    truth = {"session": 3e5, "op:Conv": 6e5, "op:Mul": 1.3e5, "conv_weight_bytes": 3.0, "other_weight_bytes": 2.0,
+             "activation_bytes": 1.5}
     chains = [[LayerChoice(CONV)] * n for n in (1, 2, 3)] + [
         [LayerChoice(LIN), LayerChoice(LayerShape("linear", 64, 256, 16))] * n for n in (1, 2, 3)
     ]
-    chains.append([LayerChoice(CONV, "low_rank", 8)] * 4)
+    chains += [[LayerChoice(CONV, "low_rank", 8)] * 4, [LayerChoice(CONV, "shared_basis", 8)] * 2,
+               [LayerChoice(LIN, "shared_basis", 8), LayerChoice(LayerShape("linear", 64, 256, 16))]]
     samples = []
     for c in chains:
         f = memory_features(build_chain(c))
-        measured = truth["session"] + f[1] * truth["conv_session"] + truth["conv_w"] * f[2]
-        samples.append((f, round(measured + truth["w"] * f[3] + truth["act"] * f[4])))
+        samples.append((f, round(sum(truth.get(k, 0.0) * v for k, v in f.items()))))
     fit = fit_memory(samples)
+    coef = fit["coefficients"]
     assert fit["median_abs_rel_error"] < 1e-3
-    assert fit["conv_weight_factor"] == pytest.approx(3.0, rel=0.02)
-    assert fit["weight_factor"] == pytest.approx(2.0, rel=0.02)
+    assert coef["conv_weight_bytes"] == pytest.approx(3.0, rel=0.02)
+    assert coef["other_weight_bytes"] == pytest.approx(2.0, rel=0.02)
+    assert coef["op:Mul"] == pytest.approx(1.3e5, rel=0.05)  # the kernel code a shared basis pages in
     pred = predict_memory(build_chain([LayerChoice(CONV)] * 5), calibration=fit)
     assert pred.model_bytes + pred.runtime_bytes == pytest.approx(
         3e5 + 6e5 + 3.0 * 5 * 4 * 32 * 288 + 1.5 * 4 * 256 * 64, rel=0.01
     )
+    assert pred.unseen_ops == []
+    # an op type no calibration subnet used is named, not silently priced
+    other = predict_memory(build_chain([LayerChoice(CONV)]), calibration={**fit, "coefficients": {
+        k: v for k, v in coef.items() if k != "op:Conv"}})
+    assert other.unseen_ops == ["Conv"]
 
 
 def test_a_stale_lut_of_this_machine_is_refused_on_load(tmp_path):

@@ -53,7 +53,8 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
     assert reread.runtime_versions["onnxruntime"] and reread.fingerprint["id"]
     assert reread.session["providers"] == ["CPUExecutionProvider"]
     # ONNX Runtime holds each weight at least once: a measured factor below 1 would mean a broken fit
-    assert reread.memory["weight_factor"] > 0.8 and reread.memory["fitted_on"] == 6
+    coef = reread.memory["coefficients"]
+    assert coef["other_weight_bytes"] > 0.8 and reread.memory["fitted_on"] == 6
     pred = predict_latency([LayerChoice(BIG)], reread)
     assert pred.layers[0].source == "lut" and pred.seconds > 0
 

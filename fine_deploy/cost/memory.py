@@ -8,7 +8,7 @@ that reads it (graph inputs from the start, graph outputs to the end), nodes run
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class MemoryPrediction:
     activation_bytes: int  # peak of live activations
     runtime_bytes: int  # the runtime's own resident memory, from the device profile
     peak_node: str  # the node at which activations peak
+    unseen_ops: list[str] = field(default_factory=list)  # op types the runtime calibration lacks
 
     @property
     def model_bytes(self) -> int:
@@ -117,34 +118,42 @@ def weight_bytes_by_op(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def memory_features(model: onnx.ModelProto) -> list[float]:
-    """[1, has Conv, Conv weight bytes, other weight bytes, peak activation bytes]."""
+def memory_features(model: onnx.ModelProto) -> dict[str, float]:
+    """What a runtime's memory is fitted on: one session, one `op:<type>` per op type the graph
+    uses, Conv weight bytes, other weight bytes, peak activation bytes."""
     w = weight_bytes_by_op(model)
-    has_conv = float(any(n.op_type == "Conv" for n in model.graph.node))
-    return [1.0, has_conv, float(w["Conv"]), float(w["MatMul"] + w["other"]), float(activation_peak(model)[0])]
+    ops = sorted({n.op_type for n in model.graph.node})
+    return {
+        "session": 1.0,
+        **{f"op:{op}": 1.0 for op in ops},
+        "conv_weight_bytes": float(w["Conv"]),
+        "other_weight_bytes": float(w["MatMul"] + w["other"]),
+        "activation_bytes": float(activation_peak(model)[0]),
+    }
 
 
-MEMORY_TERMS = ("session_bytes", "conv_session_bytes", "conv_weight_factor", "weight_factor", "activation_factor")
+def fit_memory(samples: list[tuple[dict[str, float], int]]) -> dict[str, Any]:
+    """Fit measured RSS increase = Σ coefficient x memory_features over (features, measured)
+    samples: non-negative, least relative error.
 
-
-def fit_memory(samples: list[tuple[list[float], int]]) -> dict[str, float]:
-    """Fit measured RSS increase = session + [Conv] conv session + factors x (Conv weights, other
-    weights, peak activations), non-negative, least relative error, over (memory_features, measured).
-
-    A runtime holds more than the bare tensors: ONNX Runtime on CPU keeps the initialiser and a
-    pre-packed or NCHWc-reordered copy of it, and its Conv kernels allocate workspaces, so the
-    factors are measured (by the profiler, on a few subnets) rather than assumed to be 1.
+    A runtime holds more than the bare tensors, measured on this host with ONNX Runtime (CPU):
+    each weight ~3.2x for Conv (initialiser, NCHWc-reordered copy, the file's copy kept by the
+    allocator) and ~2x for MatMul (initialiser and pre-packed panels); and every op type a graph
+    uses pages in that kernel's code once: 130 KiB for Mul, 290 KiB for the NCHWc Conv path. So
+    the terms are measured (by the profiler, on a few subnets) rather than assumed; `coefficients`
+    names them: bytes per session or op type, a factor per weight or activation byte.
     """
     from scipy.optimize import nnls
 
     if len(samples) < 6:
         raise ValueError("a memory fit needs at least 6 (features, measured) samples")
-    a = np.array([f for f, _ in samples], dtype=float)
+    names = sorted({k for f, _ in samples for k in f})
+    a = np.array([[f.get(k, 0.0) for k in names] for f, _ in samples], dtype=float)
     y = np.array([m for _, m in samples], dtype=float)
     coef, _ = nnls(a / y[:, None], np.ones_like(y))
     pred = a @ coef
     return {
-        **{k: float(v) for k, v in zip(MEMORY_TERMS, coef, strict=True)},
+        "coefficients": {k: float(v) for k, v in zip(names, coef, strict=True)},
         "fitted_on": len(samples),
         "median_abs_rel_error": float(np.median(np.abs(pred / y - 1))),
     }
@@ -158,8 +167,9 @@ def predict_memory(
 ) -> MemoryPrediction:
     """Memory of running `model` on the profile's device (runtime overhead 0 without a profile).
 
-    With a LUT's memory `calibration`, weights and activations are scaled by the runtime's measured
-    copy factors and its per-session bytes are added to the runtime share.
+    With a LUT's memory `calibration` (fit_memory), weights and activations are scaled by the
+    runtime's measured copy factors, and its bytes per session and per op type used go to the
+    runtime share; an op type the calibration never saw adds nothing (it is listed in `unseen_ops`).
     """
     if not isinstance(model, onnx.ModelProto):
         path = Path(model)
@@ -170,9 +180,14 @@ def predict_memory(
     act, where = activation_peak(model, dim_values)
     weights = weight_bytes(model)
     runtime = profile.runtime_overhead_bytes if profile is not None else 0
+    unseen: list[str] = []
     if calibration:
-        _, has_conv, w_conv, w_other, _ = memory_features(model)
-        weights = round(w_conv * calibration["conv_weight_factor"] + w_other * calibration["weight_factor"])
-        act = round(act * calibration["activation_factor"])
-        runtime += round(calibration["session_bytes"] + has_conv * calibration["conv_session_bytes"])
-    return MemoryPrediction(weights, act, runtime, where)
+        coef = calibration["coefficients"]
+        f = memory_features(model)
+        weights = round(f["conv_weight_bytes"] * coef.get("conv_weight_bytes", 1.0)
+                        + f["other_weight_bytes"] * coef.get("other_weight_bytes", 1.0))
+        act = round(act * coef.get("activation_bytes", 1.0))
+        ops = [k for k in f if k.startswith("op:")]
+        unseen = [k[3:] for k in ops if k not in coef]
+        runtime += round(coef.get("session", 0.0) + sum(coef.get(k, 0.0) for k in ops))
+    return MemoryPrediction(weights, act, runtime, where, unseen)

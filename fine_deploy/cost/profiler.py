@@ -271,17 +271,19 @@ def calibrate_memory(
 ) -> dict[str, Any]:
     """Measure the RSS increase of a few random subnets over their empty graph and fit the memory model."""
     from fine_deploy.cost.memory import fit_memory, memory_features
-    from fine_deploy.cost.rss import rss_increase
+    from fine_deploy.cost.rss import median_session_rss
 
     rng = random.Random(seed + 1)
-    samples = []
+    samples, empties = [], {}
     for i in range(subnets):
         chain = random_chain(shapes, rng, ranks=ranks)
-        model, empty = build_chain(chain, seed=i), build_identity(chain[0].shape)
-        mp, ep = workdir / f"mem{i}.onnx", workdir / f"mem{i}-empty.onnx"
-        onnx.save(model, mp)
-        onnx.save(empty, ep)
-        samples.append((memory_features(model), rss_increase(mp, ep)))
+        model = build_chain(chain, seed=i)
+        key = dims_key(input_dims(chain[0].shape))
+        if key not in empties:
+            onnx.save(build_identity(chain[0].shape), workdir / f"mem-empty-{key}.onnx")
+            empties[key] = median_session_rss(workdir / f"mem-empty-{key}.onnx")
+        onnx.save(model, workdir / f"mem{i}.onnx")
+        samples.append((memory_features(model), median_session_rss(workdir / f"mem{i}.onnx") - empties[key]))
     return {**fit_memory(samples), "seed": seed}
 
 
@@ -294,7 +296,7 @@ def profile(
     runtime: str | None = None,
     protocol: Protocol | None = None,
     calibration_subnets: int | None = None,
-    memory_subnets: int = 16,
+    memory_subnets: int = 32,
     resume: bool = True,
     profiles: str | os.PathLike | None = None,
     show_progress: bool = True,
