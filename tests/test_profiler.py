@@ -154,3 +154,17 @@ def test_fit_costs_refuses_a_chain_layer_without_an_entry():
     lut = Lut("host", "onnxruntime-cpu", {}, {}, {}, {}, 5e-6)
     with pytest.raises(FineDeployError, match="has no LUT entry"):
         fit_costs(lut, [[LayerChoice(SMALL)]], [1e-5])
+
+
+def test_the_default_supernet_is_profiled_at_the_ranks_the_planner_prices():
+    from fine_deploy.cost.commands import supernet_choices
+    from fine_deploy.supernet.core import load_supernet
+
+    shapes, ranks = supernet_choices(None)
+    sn = load_supernet(None)
+    assert {s.group for s in shapes} <= {t.name for t in sn.types} and len(shapes) >= len(sn.types)
+    for s in shapes:
+        options = next(t.rank_options for t in sn.types if t.name == s.group)
+        # exactly the type's options a factored form can take: the default's ladder tops at 96 > 64
+        assert ranks[s.key()] == sorted(r for r in options if r <= s.max_rank()), s.key()
+    assert max(max(r) for r in ranks.values()) <= 64

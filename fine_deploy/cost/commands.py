@@ -46,6 +46,28 @@ def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) ->
     return rows
 
 
+def supernet_choices(supernet: str | os.PathLike | None = None) -> tuple[list[Any], dict[str, list[int]]]:
+    """The layer shapes and per-shape rank options the planner prices for a supernet (the embedded
+    default when None): every matrix at full width and at each option of each width knob alone,
+    with its type's rank options (those a factored form can take, <= min(m1, m2))."""
+    from fine_deploy.supernet.core import layer_shapes, load_supernet
+
+    sn = load_supernet(supernet)
+    type_of = {m["name"]: t for t in sn.types for m in t.matrices}
+    configs: list[dict[str, Any]] = [{}]
+    for knob, options in (sn.spec.widths.get("knobs") or {}).items():
+        configs += [{"widths": {knob: w}} for w in options]
+    shapes, ranks = [], {}
+    for config in configs:
+        for name, shape in layer_shapes(sn, config):
+            if name not in type_of:
+                continue  # a layer that stays dense: the planner does not price it from the LUT
+            shapes.append(shape)
+            ok = sorted(r for r in type_of[name].rank_options if r <= shape.max_rank())
+            ranks[shape.key()] = sorted(set(ranks.get(shape.key(), [])) | set(ok))
+    return shapes, ranks
+
+
 def profile_command(
     device: str,
     output: Path | None = None,
@@ -58,18 +80,13 @@ def profile_command(
 
     from fine_deploy.cost.profiler import profile
     from fine_deploy.cost.profiles import resolve_name
-    from fine_deploy.cost.shapes import default_shapes
 
     console = Console(stderr=True)
     name = resolve_name(device)
     if name != device:
         console.print(f"{device} -> {name}")
-    shapes = default_shapes()
-    if supernet is not None:
-        from fine_deploy.supernet.core import layer_shapes, load_supernet
-
-        shapes = [s for _, s in layer_shapes(load_supernet(supernet))]
-    lut = profile(name, output, shapes=shapes, runtime=runtime, resume=resume)
+    shapes, ranks = supernet_choices(supernet)
+    lut = profile(name, output, shapes=shapes, ranks=ranks, runtime=runtime, resume=resume)
     cal, p = lut.calibration, lut.protocol
     console.print(
         f"{len(lut.entries)} layer choices measured on {lut.runtime} "

@@ -17,7 +17,7 @@ from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json, read_json
 
-# 2: `seconds` is fitted on whole chains (the one-layer estimate moved to `single_s`)
+# 2: `seconds` is fitted on whole chains (the one-layer estimate moved to `single_s`); no reference_s
 SCHEMA = 2
 
 
@@ -66,9 +66,6 @@ class Lut:
     roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
     memory: dict[str, Any] = field(default_factory=dict)  # runtime memory factors (memory.fit_memory)
     complete: bool = False
-    # the reference graph's median time over this run's timing groups (profiler.Timer): comparing
-    # it with a later run's says whether the machine has since become faster or slower
-    reference_s: float = 0.0
     schema: int = SCHEMA
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,7 +84,6 @@ class Lut:
             "roofline": self.roofline,
             "memory": self.memory,
             "complete": self.complete,
-            "reference_s": self.reference_s,
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -109,7 +105,6 @@ _FIELDS = {
     "roofline": dict,
     "memory": dict,
     "complete": bool,
-    "reference_s": (int, float),
 }
 
 
@@ -150,7 +145,6 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         roofline=data["roofline"],
         memory=data["memory"],
         complete=data["complete"],
-        reference_s=float(data["reference_s"]),
         schema=data["schema"],
     )
 

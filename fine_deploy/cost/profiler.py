@@ -52,9 +52,9 @@ ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", 
 
 
 def layer_choices(shape: LayerShape, ranks: list[int] | None = None) -> list[LayerChoice]:
-    """Dense plus low-rank and shared-basis at every rank option of one shape."""
+    """Dense plus low-rank and shared-basis at every rank option of one shape (None: quarters)."""
     out = [LayerChoice(shape)]
-    for r in ranks or default_ranks(shape):
+    for r in default_ranks(shape) if ranks is None else ranks:
         out += [LayerChoice(shape, "low_rank", r), LayerChoice(shape, "shared_basis", r)]
     return out
 
@@ -83,17 +83,15 @@ def entry_for(choice: LayerChoice, timing: Timing, empty: Timing, boundaries: di
 class Timer:
     """Opens models on one backend with the protocol's session options and times them interleaved.
 
-    Every group also times the same small reference graph: `speeds` holds its time per group, so a
-    LUT records how steady the machine was while it was measured. Timings are not rescaled by it:
-    on the quiet host the reference's own group-to-group noise (+-4%) exceeded the drift it was
-    meant to correct, and a reference timed alone at the start read 4-7% slower than inside groups.
+    Timings are not rescaled by a reference graph timed in every group (session 1 did that): on the
+    quiet host the reference's own group-to-group noise (+-4%, and up to 1.8x between small and
+    large groups) exceeded the drift it was meant to correct.
     """
 
     def __init__(self, backend: str, protocol: Protocol, workdir: Path) -> None:
         self.backend, self.protocol, self.workdir = backend, protocol, workdir
         self.count = 0
         self.description: dict[str, Any] = {}
-        self.speeds: list[float] = []
 
     @contextmanager
     def sessions(self, models: list[onnx.ModelProto]) -> Iterator[list[Callable[[int], np.ndarray]]]:
@@ -118,21 +116,9 @@ class Timer:
             yield runners
 
     def time(self, models: list[onnx.ModelProto], seed: int = 0) -> list[Timing]:
-        """Time `models` interleaved, next to the reference graph (its time goes to `speeds`)."""
-        with self.sessions([reference_graph(), *models]) as runners:
-            ref, *timings = measure_interleaved(runners, self.protocol, seed=seed)
-        self.speeds.append(ref.seconds)
-        return timings
-
-    def speed_summary(self) -> dict[str, float]:
-        """The reference graph's median time over the groups and its spread (max / min)."""
-        s = np.array(self.speeds)
-        return {"reference_s": float(np.median(s)), "spread": float(s.max() / s.min())} if s.size else {}
-
-
-def reference_graph() -> onnx.ModelProto:
-    """The graph every timing group carries to measure the machine's current speed."""
-    return build_chain([LayerChoice(LayerShape("linear", 64, 64, 16, group="reference"))], seed=12345)
+        """Time `models` interleaved round by round (fine_deploy.cost.timing)."""
+        with self.sessions(models) as runners:
+            return measure_interleaved(runners, self.protocol, seed=seed)
 
 
 def _choose_backend(runtime: str | None, device_runtime: str, device: str = "host") -> str:
@@ -296,7 +282,7 @@ def profile(
     runtime: str | None = None,
     protocol: Protocol | None = None,
     calibration_subnets: int | None = None,
-    memory_subnets: int = 32,
+    memory_subnets: int = 48,
     resume: bool = True,
     profiles: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -371,8 +357,6 @@ def profile(
         bar.advance(task, calibration_subnets)
         if memory_subnets and backend == "onnxruntime-cpu":
             lut.memory = calibrate_memory(shapes, memory_subnets, Path(tmp), ranks=ranks)
-        lut.reference_s = timer.speed_summary().get("reference_s", 0.0)
-        lut.calibration["reference_spread"] = timer.speed_summary().get("spread")
     lut.roofline = fit_roofline(list(lut.entries.values())).to_dict()
     lut.complete = True
     lut.save(path)

@@ -17,10 +17,12 @@ def _successors(shapes: list[LayerShape]) -> dict[str, list[LayerShape]]:
 
 
 def random_choice(shape: LayerShape, rng: random.Random, ranks: list[int] | None = None) -> LayerChoice:
-    form = rng.choice(FORMS)
+    """A random form and rank; `ranks` None means quarters of the full rank, [] dense only."""
+    options = default_ranks(shape) if ranks is None else ranks
+    form = rng.choice(FORMS) if options else "dense"
     if form == "dense":
         return LayerChoice(shape)
-    return LayerChoice(shape, form, rng.choice(ranks or default_ranks(shape)))
+    return LayerChoice(shape, form, rng.choice(options))
 
 
 def random_chain(
