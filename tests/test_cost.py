@@ -230,3 +230,18 @@ def test_a_stale_lut_of_this_machine_is_refused_on_load(tmp_path):
         fingerprint={"cpu_model": "ARMv8 Processor rev 1 (v8l)"}, runtime_versions={"onnxruntime": "0.1"}
     )
     assert load_lut_checked(elsewhere.save(tmp_path / "jetson.json"))[1] == []
+
+
+def test_calibrated_memory_prediction_takes_the_callers_dims():
+    """Regression: the calibrated path recomputed the activation peak without `dim_values`, so a
+    model with a symbolic dim raised although its dims were given."""
+    chain = [LayerChoice(LIN), LayerChoice(LayerShape("linear", 64, 256, 16))]
+    static = build_chain(chain)
+    symbolic = build_chain(chain)
+    for vi in (*symbolic.graph.input, *symbolic.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "tokens"  # clears dim_value 16
+    cal = {"coefficients": {"session": 2e5, "op:MatMul": 1e4, "other_weight_bytes": 2.0, "activation_bytes": 1.5}}
+    want = predict_memory(static, calibration=cal)
+    got = predict_memory(symbolic, dim_values={"tokens": 16}, calibration=cal)
+    assert got.activation_bytes == want.activation_bytes > 0
+    assert got.total_bytes == want.total_bytes

@@ -118,9 +118,10 @@ def weight_bytes_by_op(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def memory_features(model: onnx.ModelProto) -> dict[str, float]:
+def memory_features(model: onnx.ModelProto, activation_bytes: int | None = None) -> dict[str, float]:
     """What a runtime's memory is fitted on: one session, one `op:<type>` per op type the graph
-    uses, Conv weight bytes, other weight bytes, peak activation bytes."""
+    uses, Conv weight bytes, other weight bytes, peak activation bytes (`activation_bytes` when the
+    caller already has it, e.g. at its own batch and resolution)."""
     w = weight_bytes_by_op(model)
     ops = sorted({n.op_type for n in model.graph.node})
     return {
@@ -128,7 +129,7 @@ def memory_features(model: onnx.ModelProto) -> dict[str, float]:
         **{f"op:{op}": 1.0 for op in ops},
         "conv_weight_bytes": float(w["Conv"]),
         "other_weight_bytes": float(w["MatMul"] + w["other"]),
-        "activation_bytes": float(activation_peak(model)[0]),
+        "activation_bytes": float(activation_peak(model)[0] if activation_bytes is None else activation_bytes),
     }
 
 
@@ -183,7 +184,7 @@ def predict_memory(
     unseen: list[str] = []
     if calibration:
         coef = calibration["coefficients"]
-        f = memory_features(model)
+        f = memory_features(model, act)  # the peak at the caller's dims, computed once
         weights = round(f["conv_weight_bytes"] * coef.get("conv_weight_bytes", 1.0)
                         + f["other_weight_bytes"] * coef.get("other_weight_bytes", 1.0))
         act = round(act * coef.get("activation_bytes", 1.0))

@@ -56,16 +56,17 @@ def layer_cost(choice: LayerChoice, lut: Lut | None, profile: DeviceProfile | No
     return LayerCost(key, roof.layer_seconds(choice.shape, choice.form, choice.rank, dtype), "roofline-spec")
 
 
-def boundary_seconds(layers: list[LayerChoice], lut: Lut) -> float:
-    """What a model pays for its input and output tensors beyond the empty graph (half of each)."""
+def boundary_seconds(layers: list[LayerChoice], boundaries: dict[str, float]) -> float:
+    """What a model of `layers` pays for its input and output tensors beyond the empty graph: half
+    of each tensor's measured boundary cost (Lut.boundaries)."""
     first, last = dims_key(input_dims(layers[0].shape)), dims_key(output_dims(layers[-1].shape))
-    return 0.5 * (lut.boundaries.get(first, 0.0) + lut.boundaries.get(last, 0.0))
+    return 0.5 * (boundaries.get(first, 0.0) + boundaries.get(last, 0.0))
 
 
 def overhead_seconds(layers: list[LayerChoice], lut: Lut | None, profile: DeviceProfile | None) -> float:
     if lut is None:
         return profile.launch_overhead_s if profile is not None else 0.0
-    return lut.empty_run_s + boundary_seconds(layers, lut) + float(lut.calibration.get("fixed_s", 0.0))
+    return lut.empty_run_s + boundary_seconds(layers, lut.boundaries) + float(lut.calibration.get("fixed_s", 0.0))
 
 
 def predict_latency(

@@ -61,11 +61,7 @@ def layer_choices(shape: LayerShape, ranks: list[int] | None = None) -> list[Lay
 
 def entry_for(choice: LayerChoice, timing: Timing, empty: Timing, boundaries: dict[str, float]) -> LutEntry:
     own, shared = form_weight_elems(choice.shape, choice.form, choice.rank)
-    bounds = 0.5 * (
-        boundaries.get(dims_key(input_dims(choice.shape)), 0.0)
-        + boundaries.get(dims_key(output_dims(choice.shape)), 0.0)
-    )
-    single = max(0.0, timing.seconds - empty.seconds - bounds)
+    single = max(0.0, timing.seconds - empty.seconds - boundary_seconds([choice], boundaries))
     return LutEntry(
         shape=choice.shape,
         form=choice.form,
@@ -83,7 +79,7 @@ def entry_for(choice: LayerChoice, timing: Timing, empty: Timing, boundaries: di
 class Timer:
     """Opens models on one backend with the protocol's session options and times them interleaved.
 
-    Timings are not rescaled by a reference graph timed in every group (session 1 did that): on the
+    Timings are not rescaled by a reference graph timed in every group (an earlier version was): on the
     quiet host the reference's own group-to-group noise (+-4%, and up to 1.8x between small and
     large groups) exceeded the drift it was meant to correct.
     """
@@ -226,7 +222,7 @@ def fit_costs(lut: Lut, chains: list[list[LayerChoice]], seconds: list[float], r
             if layer.key() not in column:
                 raise FineDeployError(f"chain layer {layer.key()} has no LUT entry to fit; profile its shape first")
             x[i, column[layer.key()]] += 1
-    base = np.array([lut.empty_run_s + boundary_seconds(c, lut) for c in chains])
+    base = np.array([lut.empty_run_s + boundary_seconds(c, lut.boundaries) for c in chains])
     # a floor on the ridge's scale: an entry measured at ~0 must not pin its cost to exactly 0
     scale = np.maximum(prior, 0.1 * float(np.median(prior)) + 1e-9)
     reg = np.hstack([np.diag(np.sqrt(ridge) / scale), np.zeros((len(keys), 1))])
