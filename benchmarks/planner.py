@@ -116,7 +116,7 @@ def main() -> int:
         work = Path(tmp)
         lut = host_lut(sn, work / "host-lut.json")
         if args.calibrate:
-            from fine_deploy.planner.calibrate import calibrate
+            from fine_deploy.export.calibrate import calibrate
 
             cal = calibrate(None, lut, points=args.calibrate)
             print(f"end-to-end calibration: scale {cal['scale']:.3f}, fixed {cal['fixed_s'] * 1e3:.4f} ms, "

@@ -30,6 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fine_deploy.fileio import atomic_write_json
+from fine_deploy.sample.loop import sample_model
 from fine_deploy.supernet.core import SubnetConfig
 from fine_deploy.train.data import fraction, load_images
 from fine_deploy.train.engine import TrainableSupernet, sigma_only
@@ -37,7 +38,6 @@ from fine_deploy.train.loop import LoopSettings, LoopState, make_accelerator, ru
 from fine_deploy.train.metrics import features, frechet_distance, load_classifier
 from fine_deploy.train.pretrain import initial_supernet, recipe_data
 from fine_deploy.train.recipe import Stage, load_recipe
-from fine_deploy.train.sampling import sample
 
 
 class Denoiser(nn.Module):
@@ -149,8 +149,8 @@ def evaluate(mod, heldout, real, clf, args, config=None) -> dict:
     mod.eval()
     loss = heldout_loss(mod, heldout, config, draws=2)
     labels = torch.arange(args.samples) % 10
-    imgs = sample(mod.dense_module(config), mod.noise_scheduler.config, args.samples, steps=args.sample_steps,
-                  labels=labels, guidance_scale=args.guidance)
+    imgs = sample_model(mod.dense_module(config), mod.noise_scheduler.config, args.samples, steps=args.sample_steps,
+                        labels=labels, guidance=args.guidance)
     fd = frechet_distance(features(imgs, clf), features(real.images, clf))
     acc = float((clf(imgs).argmax(1) == labels).float().mean())
     return {"heldout_loss": round(loss, 5), "frechet_distance": round(fd, 3), "class_accuracy": round(acc, 3)}

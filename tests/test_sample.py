@@ -13,8 +13,8 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.export import export, uniform_kernels
 from fine_deploy.planner.schema import Plan
 from fine_deploy.sample import make_scheduler, read_scheduler, sample, training_schedule
-from fine_deploy.sample.schedule import DEFAULTS_SOURCE
 from fine_deploy.supernet.core import SubnetConfig, Supernet, load_supernet
+from fine_deploy.supernet.schedule import DEFAULTS_SOURCE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -122,7 +122,7 @@ def test_bad_input_one_line_and_nothing_written(dit_supernet, unet_supernet, tmp
         (dict(artifact=dit_supernet, sampler="euler"), "--sampler 'euler' is unknown"),
         (dict(artifact=dit_supernet, labels=[10]), "outside this model's classes 0..9"),
         (dict(artifact=unet_supernet, labels=[1]), "not class-conditional"),
-        (dict(artifact=unet_supernet, guidance=2.0), "needs a class-conditional model"),
+        (dict(artifact=unet_supernet, guidance=2.0), "needs a class- or text-conditioned model"),
     ]
     for kw, msg in cases:
         art = kw.pop("artifact")
@@ -146,7 +146,7 @@ def test_old_export_without_schedule_is_refused(default_onnx, tmp_path):
 
 
 def test_make_scheduler_reads_ddpm_config_as_ddim():
-    from fine_deploy.sample.schedule import _full
+    from fine_deploy.supernet.schedule import _full
 
     s = make_scheduler(_full({"beta_schedule": "squaredcos_cap_v2"}), "ddim")
     assert type(s).__name__ == "DDIMScheduler" and s.config.beta_schedule == "squaredcos_cap_v2"

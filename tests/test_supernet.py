@@ -8,7 +8,6 @@ from conftest import dit_inputs, make_dit, make_unet, run, unet_inputs
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.supernet.core import SubnetConfig, Supernet
-from fine_deploy.supernet.layers import set_sigma_only
 from fine_deploy.supernet.types import dense_parameters, find_types
 
 
@@ -78,43 +77,41 @@ def test_output_error_falls_monotonically_with_rank(which, request):
         assert all(a >= b - 1e-7 for a, b in zip(e, e[1:], strict=False)), (t.name, e)
 
 
-def test_factorised_module_matches_folded_subnet_and_rank_knob(dit_supernet):
+def test_trainable_supernet_matches_folded_subnet_and_rank_knob(dit_supernet):
+    from fine_deploy.train.engine import TrainableSupernet
+
     sn = Supernet.load(dit_supernet)
-    fm = sn.factorized_module().eval()
-    inputs = dit_inputs()
-    assert rel_err(run(fm, inputs), run(sn.subnet(), inputs)) <= 1e-5
-    ranks = {t.name: t.rank_options[1] for t in sn.types}
-    for name, r in ranks.items():
-        fm.fine_bases[name].set_rank(r)
-    assert rel_err(run(fm, inputs), run(sn.subnet(SubnetConfig(ranks=ranks)), inputs)) <= 1e-5
+    tsn = TrainableSupernet(sn)
+    x = dit_inputs()
+    with torch.no_grad():
+        got = tsn.predict(x["hidden_states"], x["timestep"], x["class_labels"])
+        assert rel_err(got, run(sn.subnet(), x)) <= 1e-5
+        ranks = {t.name: t.rank_options[1] for t in sn.types}
+        got = tsn.predict(x["hidden_states"], x["timestep"], x["class_labels"], SubnetConfig(ranks=ranks, depth=2))
+        assert rel_err(got, run(sn.subnet(SubnetConfig(ranks=ranks, depth=2)), x)) <= 1e-5
 
 
 def test_sigma_only_mode_trains_only_sigma_and_bases_are_shared(dit_supernet):
-    sn = Supernet.load(dit_supernet)
-    fm = sn.factorized_module()
-    q = fm.transformer_blocks[0].attn1.to_q
-    assert q.basis is fm.transformer_blocks[2].attn1.to_k.basis  # one qkv basis for all layers
-    set_sigma_only(fm, True)
-    trainable = {n for n, p in fm.named_parameters() if p.requires_grad}
-    assert trainable and all(n.endswith("sigma") or n.startswith("fine_sigmas.") for n in trainable)
-    run_out = fm(**dit_inputs()).sample.square().mean()
-    run_out.backward()
-    assert q.sigma.grad is not None and q.sigma.grad.abs().sum() > 0
-    assert q.basis.U.grad is None
-    # U, V, σ jointly trainable in FINE pre-training
-    set_sigma_only(fm, False)
-    assert all(p.requires_grad for p in fm.parameters())
+    from fine_deploy.train.engine import TrainableSupernet, sigma_only
+
+    tsn = TrainableSupernet(Supernet.load(dit_supernet))
+    params = sigma_only(tsn)
+    assert {id(p) for p in params} == {id(p) for p in tsn.parameters() if p.requires_grad}
+    x = dit_inputs()
+    tsn.predict(x["hidden_states"], x["timestep"], x["class_labels"]).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tsn.sigmas.values())
+    U, _ = tsn.basis("qkv")  # one qkv basis for all layers, frozen
+    assert U.grad is None and not U.requires_grad
 
 
-def test_update_from_factorized_round_trips(dit_supernet):
-    sn = Supernet.load(dit_supernet)
-    fm = sn.factorized_module()
+def test_trainable_supernet_round_trips(dit_supernet):
+    from fine_deploy.train.engine import TrainableSupernet
+
+    tsn = TrainableSupernet(Supernet.load(dit_supernet))
     with torch.no_grad():
-        fm.fine_sigmas["transformer_blocks__1__fc1"].mul_(0.5)
-    sn.update_from_factorized(fm)
-    assert torch.equal(
-        sn.tensors["sigma.transformer_blocks.1.fc1"], fm.fine_sigmas["transformer_blocks__1__fc1"].detach()
-    )
+        tsn.sigma("transformer_blocks.1.fc1").mul_(0.5)
+    back = tsn.to_supernet()
+    assert torch.equal(back.tensors["sigma.transformer_blocks.1.fc1"], tsn.sigma("transformer_blocks.1.fc1").detach())
 
 
 def test_depth_knob_builds_a_shallower_stock_dit(dit_supernet, tmp_path):
@@ -153,7 +150,7 @@ def test_bad_subnet_configs_are_refused(dit_supernet):
 def test_width_sliced_subnet_under_no_grad_and_its_layer_shapes(unet_supernet):
     """Regressions: slicing inside torch.no_grad() failed (torch-pruning traces with autograd), and
     layer_shapes reported the spec's full-width rows for a width-sliced subnet."""
-    from fine_deploy.supernet.core import layer_shapes
+    from fine_deploy.cost.trace import layer_shapes
 
     sn = Supernet.load(unet_supernet)
     knob, opts = next(iter(sn.spec.widths["knobs"].items()))

@@ -194,13 +194,13 @@ def test_frechet_distance_and_the_shipped_classifier():
 
 
 def test_default_supernet_is_trained_and_samples():
-    from fine_deploy.train.sampling import sample
+    from fine_deploy.sample.loop import sample_model
 
     sn = load_supernet(None)
     assert sn.spec.provenance.get("trained") is True
     assert sn.spec.sensitivity["ranks"] and sn.spec.sensitivity["depth"]
     model = sn.subnet(SubnetConfig(depth=sn.spec.depth["options"][0]))
-    imgs = sample(model, sn.spec.provenance["recipe"]["scheduler"], 4, steps=4, labels=torch.arange(4))
+    imgs = sample_model(model, sn.spec.provenance["recipe"]["scheduler"], 4, steps=4, labels=torch.arange(4))
     assert imgs.shape == (4, 1, 16, 16) and torch.isfinite(imgs).all() and imgs.abs().max() <= 1
 
 

@@ -50,7 +50,8 @@ def supernet_choices(supernet: str | os.PathLike | None = None) -> tuple[list[An
     """The layer shapes and per-shape rank options the planner prices for a supernet (the embedded
     default when None): every matrix at full width and at each option of each width knob alone,
     with its type's rank options (those a factored form can take, <= min(m1, m2))."""
-    from fine_deploy.supernet.core import layer_shapes, load_supernet
+    from fine_deploy.cost.trace import layer_shapes
+    from fine_deploy.supernet.core import load_supernet
 
     sn = load_supernet(supernet)
     type_of = {m["name"]: t for t in sn.types for m in t.matrices}

@@ -38,21 +38,6 @@ def _check_output(output: Path) -> None:
         )
 
 
-def _resolution(sn: Supernet, resolution: int | None) -> int:
-    cfg = sn.spec.config
-    res = int(resolution or cfg["sample_size"])
-    if sn.spec.backbone == "DiTTransformer2DModel":
-        if res != cfg["sample_size"]:  # the DiT's positional embedding is built for sample_size
-            raise FineDeployError(
-                f"--resolution {res}: this DiT supernet runs at {cfg['sample_size']} only; drop the option"
-            )
-    else:
-        div = 2 ** (len(cfg["block_out_channels"]) - 1)
-        if res < div or res % div:
-            raise FineDeployError(f"--resolution {res} must be a positive multiple of {div} for this UNet")
-    return res
-
-
 def _tensor_specs(inputs: dict[str, torch.Tensor], ranges: dict[str, list[int]], dynamic: bool) -> list[dict]:
     out = []
     for k, v in inputs.items():
@@ -99,8 +84,9 @@ def export(
     sn = supernet_for_plan(p, supernet)
     config = sn.validate(SubnetConfig.from_json(p.subnet))
     batch = int(batch or p.inputs.get("batch") or 1)
-    res = _resolution(sn, resolution or p.inputs.get("resolution"))
-    inputs = export_inputs(sn.spec.backbone, sn.spec.config, batch, res, seed)
+    ad = sn.adapter
+    res = ad.check_resolution(sn.spec.config, resolution or p.inputs.get("resolution"))
+    inputs = export_inputs(ad, sn.spec.config, batch, res, seed)
     meta = {"batch": batch, "resolution": res, "seed": seed}
 
     with Progress(transient=True) as progress:
@@ -109,13 +95,13 @@ def export(
         kernels = p.kernels if format != "diffusers" else {}
         folded = fold_subnet(sn, config, kernels)
         forms_asked = {k: v for k, v in p.kernels.items() if v != "dense"}
-        ref = run_torch(folded.model, inputs).numpy()
+        ref = run_torch(folded.model, inputs, ad).numpy()
         step("folded")
         manifest = Manifest(
             format=format, model="", backbone=sn.spec.backbone, plan=p.to_json(),
             supernet={"path": str(supernet or p.supernet.get("path", "default")), "sha256": sn.content_hash},
             subnet=config.to_json(), kernels=folded.forms,
-            inputs=_tensor_specs(inputs, input_ranges(sn.spec.backbone, sn.spec.config), dynamic_batch),
+            inputs=_tensor_specs(inputs, input_ranges(ad, sn.spec.config), dynamic_batch),
             outputs=[{"name": OUTPUT_NAME, "shape": (["batch", *ref.shape[1:]] if dynamic_batch else list(ref.shape)),
                       "dtype": "float32"}],
             options={"fp16": fp16, "dynamic_batch": dynamic_batch, "opset": opset, "batch": batch,
@@ -125,7 +111,7 @@ def export(
         )
         # the forms must compute the dense function: checked in torch before any file is written
         if any(f != "dense" for f in folded.forms.values()):
-            dense = run_torch(sn.subnet(config), inputs).numpy()
+            dense = run_torch(sn.subnet(config), inputs, ad).numpy()
             forms_check = par.compare(ref, dense, runtime="torch-kernel-forms", reference="torch-dense",
                                       tolerance=1e-4, inputs=meta)
             par.require(forms_check, "kernel forms")
@@ -157,8 +143,8 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
           meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int) -> None:
     from fine_deploy.export.onnx_export import run_onnx
 
-    files = export_onnx(folded.model, inputs, tmp / ONNX_NAME, opset=opset, dynamic_batch=dynamic_batch,
-                        fp16=fp16, external_data_threshold=threshold)
+    files = export_onnx(folded.model, inputs, tmp / ONNX_NAME, adapter=folded.adapter, opset=opset,
+                        dynamic_batch=dynamic_batch, fp16=fp16, external_data_threshold=threshold)
     manifest.model = ONNX_NAME
     manifest.checks["onnx"] = {"checker": "onnx.checker full_check passed", "shape_inference": True,
                                "external_data": len(files) > 1, "opset": opset}
@@ -170,7 +156,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
     par.require(p, ONNX_NAME)
     if dynamic_batch:  # prove the batch axis really is dynamic: run another batch size too
         other = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
-        ref2 = run_torch(folded.model, other).numpy()
+        ref2 = run_torch(folded.model, other, folded.adapter).numpy()
         out2, _ = run_onnx(files[0], _feeds(other))
         p2 = par.compare(out2, ref2, runtime=desc["backend"], reference="torch", tolerance=tol,
                          inputs={**meta, "batch": meta["batch"] + 1})
@@ -219,7 +205,7 @@ def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], re
     from fine_deploy.export import coreml_export as ce
 
     path = tmp / COREML_NAME
-    ce.export_coreml(folded.model, inputs, path, fp16=fp16, deployment_target=target)
+    ce.export_coreml(folded.model, inputs, path, adapter=folded.adapter, fp16=fp16, deployment_target=target)
     manifest.model = COREML_NAME
     manifest.checks["coreml"] = ce.check_package(path, folded.model, inputs, fp16=fp16)
     feeds = {k: (v.numpy().astype(np.int32) if not v.is_floating_point() else v.numpy()) for k, v in inputs.items()}
@@ -236,12 +222,12 @@ def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], re
 
 def _sampling(tmp: Path, sn: Supernet, manifest: Manifest) -> None:
     """The training noise schedule travels with every artifact, in diffusers' scheduler/ layout."""
-    from fine_deploy.sample.schedule import SCHEDULER_DIR, SCHEDULER_FILE, training_schedule, write_scheduler
+    from fine_deploy.supernet.schedule import SCHEDULER_DIR, SCHEDULER_FILE, training_schedule, write_scheduler
 
     schedule = training_schedule(sn)
     if not (tmp / SCHEDULER_DIR / SCHEDULER_FILE).exists():  # a diffusers pipeline folder already has it
         write_scheduler(tmp, schedule)
-    n_cls = sn.spec.config.get("num_embeds_ada_norm") if sn.spec.backbone == "DiTTransformer2DModel" else None
+    n_cls = sn.adapter.num_classes(sn.spec.config)
     recipe = sn.spec.provenance.get("recipe") if isinstance(sn.spec.provenance.get("recipe"), dict) else {}
     guidance = float((recipe.get("metric") or {}).get("guidance_scale", 1.0)) if n_cls else 1.0
     manifest.sampling = {"scheduler": f"{SCHEDULER_DIR}/{SCHEDULER_FILE}", "scheduler_source": schedule.source,
@@ -252,26 +238,28 @@ def _sampling(tmp: Path, sn: Supernet, manifest: Manifest) -> None:
 def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, torch.Tensor], ref: np.ndarray,
                manifest: Manifest, meta: dict, forms_asked: dict[str, str], *, fp16: bool) -> None:
     from fine_deploy.export import pipeline_folder as pf
-    from fine_deploy.sample.schedule import training_schedule
-    from fine_deploy.supernet.core import backbone_class
-
+    from fine_deploy.supernet.schedule import training_schedule
     model = sn.subnet(config)
     if fp16:
         model = model.half()
-    component = pf.write_pipeline(tmp, model, sn.spec.backbone, training_schedule(sn))
+    component = pf.write_pipeline(tmp, model, sn.adapter, training_schedule(sn))
     manifest.model = component
     if forms_asked:
         names = sorted(set(forms_asked.values()))
         manifest.notes.append(FORMS_NOTE.format(forms="/".join(names), n=len(forms_asked)))
     manifest.kernels = {k: "dense" for k in manifest.kernels}
-    loaded = backbone_class(sn.spec.backbone).from_pretrained(str(tmp / component)).eval().float()
-    out = run_torch(loaded, inputs).numpy()
+    loaded = sn.adapter.model_class().from_pretrained(str(tmp / component)).eval().float()
+    out = run_torch(loaded, inputs, sn.adapter).numpy()
     tol = par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL
     p = par.compare(out, ref, runtime="diffusers.from_pretrained", reference="torch", tolerance=tol, inputs=meta)
     manifest.parity.append(p.to_json())
     par.require(p, "diffusers folder")
     manifest.checks["diffusers"] = {"config": {k: v for k, v in dict(loaded.config).items() if not k.startswith("_")},
-                                    "from_pretrained": "ok", "pipeline": pf.check_pipeline(tmp)}
+                                    "from_pretrained": "ok",
+                                    "pipeline": pf.check_pipeline(tmp) if pf.has_pipeline(tmp) else None}
+    if not pf.has_pipeline(tmp):
+        manifest.notes.append(f"denoiser only: {component}/ and scheduler/ load with stock from_pretrained; the "
+                              f"{sn.adapter.pipeline} around them needs {', '.join(sn.adapter.components[:-1])}")
 
 
 def export_summary(m: Manifest) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fine_deploy.backbones import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.export.io_names import OUTPUT_NAME, ExportWrapper
 
@@ -31,12 +32,12 @@ def _ct():
     return ct
 
 
-def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, *, fp16: bool,
+def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, *, adapter: Adapter, fp16: bool,
                   deployment_target: str = "iOS16") -> Any:
     if deployment_target not in TARGETS:
         raise FineDeployError(f"deployment target {deployment_target!r} is unknown; use one of {', '.join(TARGETS)}")
     ct = _ct()
-    wrapper = ExportWrapper(model, list(inputs)).eval()
+    wrapper = ExportWrapper(model, list(inputs), adapter).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

@@ -14,12 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fine_deploy.backbones import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.export.kernels import LowRankConv2d, LowRankLinear, SharedBasisConv2d, SharedBasisLinear
 from fine_deploy.planner.schema import KERNEL_FORMS
 from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names
-
-_BLOCK_PREFIX = "transformer_blocks."
 
 
 @dataclass
@@ -27,6 +26,7 @@ class FoldedSubnet:
     """A stock diffusers module with the plan's kernel forms swapped in, and what was built."""
 
     model: nn.Module
+    adapter: Adapter
     config: SubnetConfig
     forms: dict[str, str]  # matrix (layer) name -> kernel form, every layer present in the subnet
     ranks: dict[str, int]  # type name -> rank used
@@ -48,16 +48,8 @@ class FoldedSubnet:
 
 
 def present_layers(sn: Supernet, config: SubnetConfig) -> list[str]:
-    """Matrix names of the layers a subnet has (blocks at or beyond the chosen depth do not exist)."""
-    out = []
-    for t in sn.types:
-        for m in t.matrices:
-            name = m["name"]
-            if config.depth is not None and name.startswith(_BLOCK_PREFIX):
-                if int(name[len(_BLOCK_PREFIX):].split(".", 1)[0]) >= config.depth:
-                    continue
-            out.append(name)
-    return out
+    """Matrix names of the layers a subnet has (its depth decides which blocks exist)."""
+    return sn.layout(config.depth).names()
 
 
 def resolve_forms(sn: Supernet, config: SubnetConfig, kernels: dict[str, str] | None) -> dict[str, str]:
@@ -94,10 +86,8 @@ def uniform_kernels(sn: Supernet, config: SubnetConfig | dict | None, form: str)
 def _width_index(sn: Supernet, config: SubnetConfig) -> dict[str, dict[int, torch.Tensor]]:
     if not config.widths or all(w == sn.full_width(k) for k, w in config.widths.items()):
         return {}
-    from fine_deploy.supernet.ofa import width_index_map
-
     full = sn.subnet(SubnetConfig(dict(config.ranks), {}, config.depth))
-    return width_index_map(full, config.widths, sn.spec.widths["orders"])
+    return sn.adapter.width_index_map(full, config.widths, sn.spec.widths["orders"])
 
 
 def _key(idx: torch.Tensor | None) -> tuple[int, ...] | None:
@@ -113,69 +103,70 @@ def fold_subnet(
     model = sn.subnet(config)
     forms = resolve_forms(sn, config, kernels)
     ranks = {t.name: config.ranks.get(t.name, t.max_rank) for t in sn.types}
-    parts = {p["module"] for t in sn.types for m in t.matrices for p in m["parts"] if m["name"] in forms}
-    folded = FoldedSubnet(model, config, forms, ranks, parts=parts)
+    layout = sn.layout(config.depth)
+    parts = {p[0] for ms in layout.matrices for p in ms.parts}
+    folded = FoldedSubnet(model, sn.adapter, config, forms, ranks, parts=parts)
     if all(f == "dense" for f in forms.values()):
         return folded
     index = _width_index(sn, config)
     shared: dict[tuple, nn.Parameter] = {}
-    for t in sn.types:
+    kinds = {t.name: t for t in sn.types}
+    for ms in layout.matrices:
+        form = forms.get(ms.name, "dense")
+        if form == "dense":
+            continue
+        t = kinds[ms.type]
         r = ranks[t.name]
         U_full, V_full = (sn.tensors[n][:, :r].double() for n in basis_names(t.name))
         conv = t.kind == "conv"
         kk = t.kernel_size[0] * t.kernel_size[1] if conv else 1
-        for m in t.matrices:
-            form = forms.get(m["name"], "dense")
-            if form == "dense":
-                continue
-            sigma = sn.sigma(m["name"], config.depth)[:r].double()
-            # parts of a fused matrix read the same input, so they share the input projection
-            first = f"{m['parts'][0]['module']}.weight"
-            in_idx = index.get(first, {}).get(1)
-            V = V_full
-            if in_idx is not None:
-                V = V.reshape(-1, kk, r)[in_idx].reshape(-1, r)
-            old0 = model.get_submodule(m["parts"][0]["module"])
+        sigma = sum(w * sn.tensors[f"sigma.{n}"] for n, w in ms.sigma)[:r].double()
+        # parts of a fused matrix read the same input, so they share the input projection
+        first = f"{ms.parts[0][0]}.weight"
+        in_idx = index.get(first, {}).get(1)
+        V = V_full
+        if in_idx is not None:
+            V = V.reshape(-1, kk, r)[in_idx].reshape(-1, r)
+        old0 = model.get_submodule(ms.parts[0][0])
+        if conv:
+            v_layout = V.T.reshape(r, old0.in_channels, *t.kernel_size).float().contiguous()
+        else:
+            v_layout = V.float().contiguous()
+        if form == "low_rank":
+            down = nn.Parameter(v_layout)
+        else:
+            down = shared.setdefault(("V", t.name, _key(in_idx)), nn.Parameter(v_layout))
+            sig = nn.Parameter((sigma.float().reshape(1, r, 1, 1) if conv else sigma.float()).clone())
+        for module, a, b in ms.parts:
+            U = U_full[a:b]
+            out_idx = index.get(f"{module}.weight", {}).get(0)
+            if out_idx is not None:
+                U = U[out_idx]
+            parent_name, _, child = module.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            old = getattr(parent, child)
             if conv:
-                v_layout = V.T.reshape(r, old0.in_channels, *t.kernel_size).float().contiguous()
-            else:
-                v_layout = V.float().contiguous()
-            if form == "low_rank":
-                down = nn.Parameter(v_layout)
-            else:
-                down = shared.setdefault(("V", t.name, _key(in_idx)), nn.Parameter(v_layout))
-                sig = nn.Parameter((sigma.float().reshape(1, r, 1, 1) if conv else sigma.float()).clone())
-            for p in m["parts"]:
-                a, b = p["rows"]
-                U = U_full[a:b]
-                out_idx = index.get(f"{p['module']}.weight", {}).get(0)
-                if out_idx is not None:
-                    U = U[out_idx]
-                parent_name, _, child = p["module"].rpartition(".")
-                parent = model.get_submodule(parent_name)
-                old = getattr(parent, child)
-                if conv:
-                    if form == "low_rank":
-                        new = LowRankConv2d(old, down, (U * sigma)[:, :, None, None].float())
-                    else:
-                        Up = shared.setdefault(
-                            ("U", t.name, (a, b), _key(out_idx)),
-                            nn.Parameter(U[:, :, None, None].float().contiguous()),
-                        )
-                        new = SharedBasisConv2d(old, down, Up, sig)
-                    ok = (new.out_channels, new.in_channels) == (U.shape[0], old.in_channels)
+                if form == "low_rank":
+                    new = LowRankConv2d(old, down, (U * sigma)[:, :, None, None].float())
                 else:
-                    if form == "low_rank":
-                        new = LowRankLinear(down, (U * sigma).T.float(), old.bias)
-                    else:
-                        Ut = shared.setdefault(
-                            ("U", t.name, (a, b), _key(out_idx)), nn.Parameter(U.T.float().contiguous())
-                        )
-                        new = SharedBasisLinear(down, Ut, sig, old.bias)
-                    ok = (new.out_features, new.in_features) == (old.out_features, old.in_features)
-                if not ok:  # a bug in width bookkeeping, never user input
-                    raise RuntimeError(f"{p['module']}: {form} factors do not match the sliced layer {old}")
-                setattr(parent, child, new)
+                    Up = shared.setdefault(
+                        ("U", t.name, (a, b), _key(out_idx)),
+                        nn.Parameter(U[:, :, None, None].float().contiguous()),
+                    )
+                    new = SharedBasisConv2d(old, down, Up, sig)
+                ok = (new.out_channels, new.in_channels) == (U.shape[0], old.in_channels)
+            else:
+                if form == "low_rank":
+                    new = LowRankLinear(down, (U * sigma).T.float(), old.bias)
+                else:
+                    Ut = shared.setdefault(
+                        ("U", t.name, (a, b), _key(out_idx)), nn.Parameter(U.T.float().contiguous())
+                    )
+                    new = SharedBasisLinear(down, Ut, sig, old.bias)
+                ok = (new.out_features, new.in_features) == (old.out_features, old.in_features)
+            if not ok:  # a bug in width bookkeeping, never user input
+                raise RuntimeError(f"{module}: {form} factors do not match the sliced layer {old}")
+            setattr(parent, child, new)
     for key in shared:
         folded.shared_bases[key[1]] = folded.shared_bases.get(key[1], 0) + 1
     return folded

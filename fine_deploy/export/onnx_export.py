@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fine_deploy.backbones import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.export.io_names import OUTPUT_NAME, ExportWrapper
 
@@ -33,7 +34,8 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def _to_model(model: nn.Module, inputs: dict[str, torch.Tensor], opset: int, dynamic_batch: bool, tmp: Path):
+def _to_model(model: nn.Module, inputs: dict[str, torch.Tensor], opset: int, dynamic_batch: bool, tmp: Path,
+              adapter: Adapter):
     import onnx
 
     names = list(inputs)
@@ -41,7 +43,7 @@ def _to_model(model: nn.Module, inputs: dict[str, torch.Tensor], opset: int, dyn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape asserts inside diffusers
         torch.onnx.export(
-            ExportWrapper(model, names).eval(),
+            ExportWrapper(model, names, adapter).eval(),
             tuple(inputs.values()),
             str(tmp),
             input_names=names,
@@ -79,6 +81,7 @@ def export_onnx(
     inputs: dict[str, torch.Tensor],
     path: str | Path,
     *,
+    adapter: Adapter,
     opset: int = MIN_OPSET,
     dynamic_batch: bool = False,
     fp16: bool = False,
@@ -91,7 +94,7 @@ def export_onnx(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.trace")
     try:
-        proto = _to_model(model, inputs, opset, dynamic_batch, tmp)
+        proto = _to_model(model, inputs, opset, dynamic_batch, tmp, adapter)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # unsupported op at this opset
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None

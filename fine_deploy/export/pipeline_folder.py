@@ -1,9 +1,11 @@
-"""diffusers pipeline folders: model_index.json, scheduler/, the backbone in its component folder.
+"""diffusers pipeline folders: the backbone in its component folder, scheduler/, and model_index.json.
 
 A UNet2DModel folder is a stock `DDIMPipeline` (DDIMPipeline runs any DDPM/DDIM scheduler config as DDIM).
 A class-conditional pixel-space DiT has no stock pipeline (DiTPipeline needs a VAE), so its folder also
 carries `pipeline.py` (fine_deploy/export/pixel_pipeline.py, torch + diffusers only) and model_index.json
-names it; stock `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads both.
+names it; stock `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads both. A text-to-
+image denoiser (SD UNet, PixArt, SD3) exported alone is its component folder + scheduler/, each loadable by
+stock `from_pretrained`; its whole pipeline needs the text encoders and VAE beside it.
 """
 
 from __future__ import annotations
@@ -15,23 +17,25 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fine_deploy.backbones import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_bytes, atomic_write_json
-from fine_deploy.sample.schedule import Schedule, write_scheduler
+from fine_deploy.supernet.schedule import Schedule, write_scheduler
 
 MODEL_INDEX = "model_index.json"
 PIPELINE_FILE = "pipeline.py"
 DIT_PIPELINE = "PixelDiTPipeline"
-COMPONENT = {"UNet2DModel": "unet", "DiTTransformer2DModel": "transformer"}
 
 
-def model_index(backbone: str) -> dict[str, Any]:
+def model_index(adapter: Adapter) -> dict[str, Any] | None:
+    """model_index.json of a folder holding the denoiser and its scheduler (None: no pipeline runs them alone)."""
     import diffusers
 
-    comp = COMPONENT[backbone]
-    pipeline: str | list[str] = "DDIMPipeline" if backbone == "UNet2DModel" else [PIPELINE_FILE[:-3], DIT_PIPELINE]
-    return {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
-            comp: ["diffusers", backbone], "scheduler": ["diffusers", "DDPMScheduler"]}
+    index = adapter.model_index()
+    if index is None and adapter.conditioning == "class" and not adapter.latent:  # pixel-space DiT
+        index = {"_class_name": [PIPELINE_FILE[:-3], DIT_PIPELINE],
+                 adapter.component: ["diffusers", adapter.class_name], "scheduler": ["diffusers", "DDPMScheduler"]}
+    return None if index is None else {**index, "_diffusers_version": diffusers.__version__}
 
 
 def needs_remote_code(folder: str | Path) -> bool:
@@ -39,18 +43,23 @@ def needs_remote_code(folder: str | Path) -> bool:
     return (Path(folder) / PIPELINE_FILE).is_file()
 
 
-def write_pipeline(folder: Path, model: nn.Module, backbone: str, schedule: Schedule) -> str:
-    """Write the pipeline folder for `model` into `folder`; returns the backbone's component folder name."""
-    if backbone not in COMPONENT:
-        raise FineDeployError(f"no diffusers pipeline layout for {backbone}; export --format onnx instead")
-    comp = COMPONENT[backbone]
-    model.save_pretrained(str(folder / comp), safe_serialization=True)
+def write_pipeline(folder: Path, model: nn.Module, adapter: Adapter, schedule: Schedule) -> str:
+    """Write the denoiser's component folder and scheduler/ into `folder`, plus model_index.json where a
+    pipeline runs them alone; returns the component folder name."""
+    model.save_pretrained(str(folder / adapter.component), safe_serialization=True)
     write_scheduler(folder, schedule)
-    if backbone == "DiTTransformer2DModel":
+    index = model_index(adapter)
+    if index is None:
+        return adapter.component
+    if isinstance(index["_class_name"], list):
         source = (files("fine_deploy.export") / "pixel_pipeline.py").read_text()
         atomic_write_bytes(folder / PIPELINE_FILE, source.encode())
-    atomic_write_json(folder / MODEL_INDEX, model_index(backbone))
-    return comp
+    atomic_write_json(folder / MODEL_INDEX, index)
+    return adapter.component
+
+
+def has_pipeline(folder: str | Path) -> bool:
+    return (Path(folder) / MODEL_INDEX).is_file()
 
 
 def load_pipeline(folder: str | Path) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -22,13 +21,12 @@ from fine_deploy.planner.costs import CostModel
 from fine_deploy.planner.sensitivity import one_thread
 from fine_deploy.planner.space import Knob, LayerOption, LayerSpace, Space, check_space
 
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 _MAX_JOINT_TRACES = 256
 
 
 def trace_shapes(sn, config: dict[str, Any], batch: int, resolution: int | None) -> dict[str, LayerShape]:
     """matrix name -> LayerShape of a subnet (rows of the possibly width-sliced modules)."""
-    from fine_deploy.supernet.core import layer_shapes
+    from fine_deploy.cost.trace import layer_shapes
 
     return dict(layer_shapes(sn, config, batch, resolution))
 
@@ -142,8 +140,6 @@ def _forbidden_widths(sn, knobs: dict[str, list[int]]) -> list[tuple[tuple[str, 
     """Pairs of stage widths that cannot coexist (equal widths would drop a learned shortcut)."""
     if len(knobs) < 2:
         return []
-    from fine_deploy.supernet.ofa import check_widths
-
     model = sn.subnet(sn.full_config())
     out = []
     names = list(knobs)
@@ -151,7 +147,7 @@ def _forbidden_widths(sn, knobs: dict[str, list[int]]) -> list[tuple[tuple[str, 
         for va in knobs[a]:
             for vb in knobs[b]:
                 try:
-                    check_widths(model, {a: va, b: vb})
+                    sn.adapter.check_widths(model, {a: va, b: vb})
                 except FineDeployError:
                     out.append(((f"width.{a}", va), (f"width.{b}", vb)))
     return out
@@ -166,9 +162,9 @@ def _param_bytes(sn, bpe: int) -> tuple[dict[str, int], dict[int, int]]:
         n = 1
         for d in shape:
             n *= d
-        m = _BLOCK.match(name)
-        if m:
-            per_block[int(m.group(1))] = per_block.get(int(m.group(1)), 0) + n * bpe
+        j = sn.adapter.block_index(name)
+        if j is not None:
+            per_block[j] = per_block.get(j, 0) + n * bpe
         else:
             outside[name] = n * bpe
     return outside, per_block
@@ -178,8 +174,6 @@ def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, l
     """Change of dense parameter bytes per width value (negative: the slice drops channels)."""
     if not knobs:
         return {}
-    from fine_deploy.supernet.ofa import width_index_map
-
     model = sn.subnet(sn.full_config())
     params = dict(model.named_parameters())
     dense = set(sn.spec.dense)
@@ -190,7 +184,7 @@ def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, l
             if v == max(values):
                 row.append(0.0)
                 continue
-            index = width_index_map(model, {k: v}, sn.spec.widths["orders"])
+            index = sn.adapter.width_index_map(model, {k: v}, sn.spec.widths["orders"])
             delta = 0
             for pname, dims in index.items():
                 if pname not in dense:
@@ -250,7 +244,7 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
             if name not in full:
                 continue
             wk = deps[name]
-            blk = _BLOCK.match(name)
+            blk = sn.adapter.block_index(name)
             options = []
             for combo in itertools.product(sorted(t.rank_options), *(width_knobs[k] for k in wk)):
                 r, widths = combo[0], dict(zip(wk, combo[1:], strict=True))
@@ -271,9 +265,9 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
                         basis, src,
                     ))
             layers.append(LayerSpace(name, t.name, (f"rank.{t.name}", *(f"width.{k}" for k in wk)), options,
-                                     int(blk.group(1)) if blk and depth_opts else None))
+                                     blk if blk is not None and depth_opts else None))
     const_latency = cost.fixed_s
-    from fine_deploy.planner.calibrate import calibration_for
+    from fine_deploy.planner.costs import calibration_for
 
     cal = calibration_for(cost.lut, sn.content_hash)
     if cal:  # the end-to-end line measured for this supernet on this LUT's machine

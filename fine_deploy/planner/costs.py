@@ -26,6 +26,15 @@ from fine_deploy.cost.shapes import LayerShape, activation_elems, form_weight_el
 # the part of a block's time that no factorised matrix accounts for
 ELEMENTWISE_PASSES = 3
 
+END_TO_END = "end_to_end"  # key of the whole-subnet calibration line in a LUT's free-form `calibration`
+
+
+def calibration_for(lut, content_hash: str) -> dict[str, Any] | None:
+    """The end-to-end line (`fine_deploy.export.calibrate`) measured for this supernet with this LUT, if any."""
+    if lut is None:
+        return None
+    return (lut.calibration.get(END_TO_END) or {}).get(content_hash[:16])
+
 
 @dataclass
 class CostModel:

@@ -97,17 +97,16 @@ def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
     A rank value is measured by folding only that type at that rank into the full model (and putting
     the weights back): one model build for every rank of every type instead of one each.
     """
-    from fine_deploy.supernet.core import example_inputs
-
-    inputs = example_inputs(sn.spec.backbone, sn.spec.config, batch, None, seed)
+    ad = sn.adapter
+    inputs = ad.example_inputs(sn.spec.config, batch, None, seed)
     model = sn.subnet(sn.full_config())
     with torch.no_grad():
-        y_full = model(**inputs).sample.double()
+        y_full = ad.run(model, inputs).double()
     denom = float((y_full**2).sum()) or 1.0
 
     def err(net) -> float:
         with torch.no_grad():
-            y = net(**inputs).sample.double()
+            y = ad.run(net, inputs).double()
         return float(((y - y_full) ** 2).sum()) / denom
 
     table: dict[str, Any] = {

@@ -23,7 +23,7 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
 from fine_deploy.sample.denoisers import Denoiser, ModelInfo, SessionDenoiser, TorchDenoiser
 from fine_deploy.sample.loop import denoise
-from fine_deploy.sample.schedule import Schedule, make_scheduler, read_scheduler, training_schedule
+from fine_deploy.supernet.schedule import Schedule, make_scheduler, read_scheduler, training_schedule
 
 SCHEMA = 1
 FORMAT = "fine-deploy-sample"
@@ -83,10 +83,13 @@ def _plan_source(path: Path, supernet: str | Path | None) -> Source:
 
 
 def _export_info(m: Any) -> ModelInfo:
+    from fine_deploy.backbones import adapter_for
+
     x = m.inputs[0]["shape"]
     labels = next((i for i in m.inputs if i["name"] == "class_labels"), None)
     n_cls = int(labels["range"][1]) if labels and labels.get("range") else None
-    return ModelInfo(m.backbone, int(x[1]), int(x[-1]), n_cls)
+    conds = {i["name"]: tuple(i["shape"][1:]) for i in m.inputs[1:] if i["name"] not in ("timestep", "class_labels")}
+    return ModelInfo(m.backbone, int(x[1]), int(x[-1]), n_cls, conds, adapter_for(m.backbone).latent)
 
 
 def _root_supernet(sn: Any, where: Any) -> Any:
@@ -114,11 +117,12 @@ def _export_source(directory: Path, backend: str, threads: int | None, supernet:
     m = Manifest.load(directory)
     info = _export_info(m)
     sampling = dict(getattr(m, "sampling", None) or {})
-    schedule = Schedule(read_scheduler(directory), sampling.get("scheduler_source", "the artifact's scheduler/"))
+    stored = read_scheduler(directory)
+    schedule = Schedule(stored, sampling.get("scheduler_source", "the artifact's scheduler/"), stored["_class_name"])
     if m.format == "diffusers":
-        from fine_deploy.supernet.core import backbone_class
+        from fine_deploy.backbones import adapter_for
 
-        model = backbone_class(m.backbone).from_pretrained(str(directory / m.model))
+        model = adapter_for(m.backbone).model_class().from_pretrained(str(directory / m.model))
         denoiser: Denoiser = TorchDenoiser(model, info, f"diffusers folder {directory}")
     else:
         from fine_deploy.runtime import SessionOptions, open_session
@@ -186,13 +190,23 @@ def _labels(info: ModelInfo, n: int, labels: list[int] | None) -> torch.Tensor |
     return torch.tensor([labels[i % len(labels)] for i in range(n)])
 
 
+def conditions(info: ModelInfo, n: int, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
+    """The conditioning of `n` images: class labels, and for text models seeded stand-in embeddings
+    (a denoiser exported alone has no text encoder; image i's embedding depends only on seed + i)."""
+    cond = {} if labels is None else {"class_labels": labels}
+    for name, shape in info.conditions.items():
+        gens = [torch.Generator().manual_seed(10_007 * (seed + i) + len(name)) for i in range(n)]
+        cond[name] = torch.stack([torch.randn(shape, generator=g) for g in gens])
+    return cond or None
+
+
 def _frechet(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    """Fréchet distance of two image batches in the digits classifier's features (train.metrics)."""
+    """Fréchet distance of two image batches in the digits classifier's features (sample.digits_metric)."""
     if a.shape[1] != 1:
         return {"value": None, "why": f"the metric's classifier reads 1-channel digits; these have {a.shape[1]}"}
     if len(a) < 2:
         return {"value": None, "why": "needs at least 2 images per batch"}
-    from fine_deploy.train.metrics import features, frechet_distance, load_classifier
+    from fine_deploy.sample.digits_metric import features, frechet_distance, load_classifier
 
     net = load_classifier()
     fa, fb = features(torch.from_numpy(a), net), features(torch.from_numpy(b), net)
@@ -242,10 +256,11 @@ def sample(
     src = open_source(artifact, backend=backend, threads=threads, supernet=supernet)
     info = src.denoiser.info
     lab = _labels(info, n, labels)
+    cond = conditions(info, n, lab, seed)
     g = float(src.guidance if guidance is None else guidance)
-    if not info.class_conditional and g != 1.0:
+    if not info.guided and g != 1.0:
         if guidance is not None:
-            raise FineDeployError(f"--guidance {g}: classifier-free guidance needs a class-conditional model")
+            raise FineDeployError(f"--guidance {g}: classifier-free guidance needs a class- or text-conditioned model")
         g = 1.0
     full_denoiser, full_ref = None, None
     if compare:
@@ -253,7 +268,8 @@ def sample(
 
         sn = src.full()
         cfg = SubnetConfig({t.name: t.max_rank for t in sn.types}, {}, None)
-        full_info = ModelInfo(sn.spec.backbone, info.channels, info.resolution, info.num_classes)
+        full_info = ModelInfo(sn.spec.backbone, info.channels, info.resolution, info.num_classes, info.conditions,
+                              info.latent)
         full_denoiser = TorchDenoiser(sn.subnet(cfg), full_info, "full supernet")
         full_ref = {"path": str(sn.path) if sn.path else "default", "sha256": sn.content_hash}
 
@@ -267,8 +283,9 @@ def sample(
         for name, den in runs:
             task = progress.add_task(f"sample {name} ({den.runtime})", total=steps)
             t0 = time.perf_counter()
-            imgs = denoise(den, make_scheduler(src.schedule.config, sampler), n, steps=steps, seed=seed,
-                           labels=lab, guidance=g, on_step=lambda task=task: progress.advance(task))
+            scheduler = make_scheduler({**src.schedule.config, "_class_name": src.schedule.cls}, sampler)
+            imgs = denoise(den, scheduler, n, steps=steps, seed=seed, cond=cond, guidance=g,
+                           on_step=lambda task=task: progress.advance(task))
             seconds[name] = round(time.perf_counter() - t0, 4)
             outs[name] = imgs.numpy()
             den.close()

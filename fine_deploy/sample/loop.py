@@ -1,4 +1,5 @@
-"""The denoising loop shared by every backend: seeded noise per image, diffusers scheduler steps, guidance."""
+"""The one sampler: seeded noise per image, diffusers scheduler steps (DDIM / DDPM / flow-matching Euler),
+classifier-free guidance over class labels or text embeddings, whatever backend runs the network."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from fine_deploy.sample.denoisers import Denoiser, ModelInfo
+from fine_deploy.sample.denoisers import Denoiser, ModelInfo, TorchDenoiser
 
 
 def generators(n: int, seed: int) -> list[torch.Generator]:
@@ -28,36 +29,43 @@ def denoise(
     *,
     steps: int,
     seed: int,
-    labels: torch.Tensor | None = None,
+    cond: dict[str, torch.Tensor] | None = None,
     guidance: float = 1.0,
     on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
-    """`n` images in [-1, 1] from `denoiser` with `scheduler` (a fresh diffusers DDIM/DDPM scheduler).
+    """`n` samples from `denoiser` with `scheduler` (a fresh diffusers DDIM / DDPM / FlowMatchEuler scheduler);
+    images in [-1, 1] for a pixel model, latents for a latent one.
 
-    With class labels and `guidance` ≠ 1 this is classifier-free guidance: ε = ε_∅ + g·(ε_y − ε_∅), the null
-    class ∅ being label `num_classes` (the row diffusers' LabelEmbedding keeps for dropped labels).
+    `cond` holds the conditioning inputs per image (class_labels, or text embeddings and their extras). With
+    `guidance` ≠ 1 this is classifier-free guidance: pred = pred_∅ + g·(pred_c − pred_∅), ∅ being
+    `ModelInfo.null` of the condition (the null class row of diffusers' LabelEmbedding, zero text embeddings).
+    The prediction type (ε, v, flow velocity) is the scheduler's to interpret.
     """
     info = denoiser.info
     gens = generators(n, seed)
-    x = initial_noise(info, gens) * scheduler.init_noise_sigma
-    null = None
-    if labels is not None and guidance != 1.0:
-        null = torch.full_like(labels, int(info.num_classes))
+    x = initial_noise(info, gens) * getattr(scheduler, "init_noise_sigma", 1.0)
+    null = info.null(cond) if cond and guidance != 1.0 else None
     scheduler.set_timesteps(steps)
-    ddim = type(scheduler).__name__ == "DDIMScheduler"
+    name = type(scheduler).__name__
     for t in scheduler.timesteps:
-        xin = scheduler.scale_model_input(x, t)
-        eps = denoiser(xin, int(t), labels)
+        xin = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        pred = denoiser(xin, float(t), cond)
         if null is not None:
-            eps = _guided(denoiser, xin, int(t), eps, null, guidance)
-        kw = {"eta": 0.0} if ddim else {"generator": gens}
-        x = scheduler.step(eps, t, x, **kw).prev_sample
+            uncond = denoiser(xin, float(t), null)
+            pred = uncond + guidance * (pred - uncond)
+        kw = {"eta": 0.0} if name == "DDIMScheduler" else {"generator": gens} if name == "DDPMScheduler" else {}
+        x = scheduler.step(pred, t, x, **kw).prev_sample
         if on_step is not None:
             on_step()
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1) if not info.latent else x
 
 
-def _guided(denoiser: Denoiser, x: torch.Tensor, t: int, cond: torch.Tensor, null: torch.Tensor,
-            scale: float) -> torch.Tensor:
-    uncond = denoiser(x, t, null)
-    return uncond + scale * (cond - uncond)
+def sample_model(model: torch.nn.Module, scheduler_config: dict, n: int, *, steps: int = 50,
+                 labels: torch.Tensor | None = None, guidance: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """`n` DDIM (flow: Euler) samples of a stock diffusers backbone in PyTorch, class-conditional with `labels`."""
+    from fine_deploy.supernet.schedule import make_scheduler
+
+    info = ModelInfo.from_config(type(model).__name__, dict(model.config))
+    cond = None if labels is None else {"class_labels": labels}
+    return denoise(TorchDenoiser(model, info), make_scheduler(dict(scheduler_config), "ddim"), n, steps=steps,
+                   seed=seed, cond=cond, guidance=guidance)

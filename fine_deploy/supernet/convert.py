@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +10,10 @@ import torch
 from rich.progress import Progress
 from torch import nn
 
+from fine_deploy.backbones import adapter_for, adapter_of
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import sha256_file
-from fine_deploy.supernet.core import Supernet, backbone_class, basis_names
+from fine_deploy.supernet.core import Supernet, basis_names
 from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
 from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
 
@@ -52,7 +51,7 @@ def load_diffusers_model(path: Path) -> nn.Module:
         cls_name = json.loads(cfg_path.read_text()).get("_class_name")
     except json.JSONDecodeError as e:
         raise FineDeployError(f"{cfg_path}: not valid JSON ({e.msg})") from None
-    cls = backbone_class(cls_name or "<missing _class_name>")
+    cls = adapter_for(cls_name or "<missing _class_name>").model_class()
     try:
         return cls.from_pretrained(str(path), use_safetensors=True).eval()
     except (OSError, ValueError) as e:
@@ -79,32 +78,6 @@ def load_calibration(path: Path) -> torch.Tensor:
     return x
 
 
-def _width_section(model: nn.Module, calib: torch.Tensor | None) -> dict:
-    if type(model).__name__ != "UNet2DModel":
-        return {}
-    from fine_deploy.supernet import ofa
-
-    groups = ofa.channel_groups(model)
-    imp = ofa.channel_importance(model, groups, calib)
-    return {
-        "knobs": ofa.width_knobs(model),
-        "criterion": "gradient" if calib is not None else "magnitude",
-        "groups": [asdict(g) for g in groups],
-        "importance": {k: [float(x) for x in v] for k, v in imp.items()},
-        "orders": ofa.channel_orders(imp),
-        "allocations": {
-            f"{p:.2f}": ofa.allocate_widths(model, imp, p) for p in (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-        },
-    }
-
-
-def _depth_section(model: nn.Module) -> dict:
-    if type(model).__name__ != "DiTTransformer2DModel":
-        return {}
-    L = model.config.num_layers
-    return {"full": L, "options": list(range(max(1, math.ceil(L / 2)), L + 1)), "init": "linear-sigma"}
-
-
 def model_to_supernet(
     model: nn.Module,
     *,
@@ -115,6 +88,7 @@ def model_to_supernet(
 ) -> Supernet:
     from fine_deploy.supernet.cp import fit_shared_factors, prefix_errors
 
+    ad = adapter_of(model)
     types = find_types(model)
     tensors: dict[str, torch.Tensor] = {}
     type_specs = []
@@ -147,8 +121,9 @@ def model_to_supernet(
         config=json.loads(json.dumps(cfg)),
         types=type_specs,
         dense=dense,
-        widths=_width_section(model, calib),
-        depth=_depth_section(model),
+        widths=ad.width_section(model, calib),
+        depth=({"full": int(cfg[ad.depth_key]), "options": ad.depth_options(cfg), "init": "linear-sigma"}
+               if ad.depth_stack else {}),
         provenance=provenance or {},
     )
     return Supernet(spec, tensors)

@@ -8,7 +8,6 @@ depth) and slices the chosen widths, returning a stock diffusers module whose co
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fine_deploy.backbones import adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import canonical_json
 from fine_deploy.supernet import io
-from fine_deploy.supernet.layers import FactorizedConv2d, FactorizedLinear, SharedBasis
 from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
-
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 
 
 @dataclass
@@ -46,13 +43,7 @@ class SubnetConfig:
 
 
 def backbone_class(name: str) -> type:
-    import diffusers
-
-    from fine_deploy.supernet.types import SUPPORTED_BACKBONES
-
-    if name not in SUPPORTED_BACKBONES:
-        raise FineDeployError(f"backbone {name} is not supported; supported: {', '.join(SUPPORTED_BACKBONES)}")
-    return getattr(diffusers, name)
+    return adapter_for(name).model_class()
 
 
 def basis_names(t: str) -> tuple[str, str]:
@@ -68,33 +59,31 @@ def depth_positions(full: int | None, depth: int | None) -> list[float] | None:
     return [j * (full - 1) / (depth - 1) for j in range(depth)]
 
 
-def sigma_sources(matrix: str, pos: list[float] | None, full: int | None) -> list[tuple[str, float]]:
-    """(supernet matrix, weight) pairs whose weighted σ sum is `matrix`'s σ: linear interpolation along depth."""
-    if pos is None:
-        return [(matrix, 1.0)]
-    p = pos[int(_BLOCK.match(matrix).group(1))]
-    lo, hi = int(p), min(int(p) + 1, full - 1)
-    a = p - lo
-    srcs = [(_BLOCK.sub(f"transformer_blocks.{lo}.", matrix), 1 - a)]
-    if a > 0:
-        srcs.append((_BLOCK.sub(f"transformer_blocks.{hi}.", matrix), a))
-    return srcs
+@dataclass(frozen=True)
+class MatrixSource:
+    """One factorised matrix of a subnet: its type, the supernet σ it interpolates, its module parts."""
+
+    type: str
+    name: str
+    sigma: tuple[tuple[str, float], ...]  # (supernet matrix, weight): linear interpolation along depth
+    parts: tuple[tuple[str, int, int], ...]  # (module path, row start, row stop)
 
 
-def dense_source(name: str, pos: list[float] | None) -> str:
-    """The supernet parameter a subnet's dense parameter copies: the nearest block along depth."""
-    m = _BLOCK.match(name)
-    if pos is None or not m:
-        return name
-    return _BLOCK.sub(f"transformer_blocks.{round(pos[int(m.group(1))])}.", name)
+@dataclass
+class Layout:
+    """Where every parameter of a subnet of one depth comes from (FINE's depth initialisation)."""
+
+    depth: int | None
+    dense: list[tuple[str, str]]  # (subnet parameter, supernet dense parameter): the nearest block
+    matrices: list[MatrixSource]
+
+    def names(self) -> list[str]:
+        return [m.name for m in self.matrices]
 
 
-def backbone_config(config: dict[str, Any], depth: int | None = None) -> dict[str, Any]:
-    """The diffusers config of a subnet: the supernet's public keys, `num_layers` set by the depth knob."""
-    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
-    if depth is not None:
-        cfg["num_layers"] = depth
-    return cfg
+def _renormalised(srcs: list[tuple[str, float]]) -> tuple[tuple[str, float], ...]:
+    total = sum(w for _, w in srcs)
+    return tuple((n, w / total) for n, w in srcs)
 
 
 def fold(U: torch.Tensor, V: torch.Tensor, sigma: torch.Tensor, r: int) -> torch.Tensor:
@@ -107,6 +96,8 @@ class Supernet:
         self.spec = spec
         self.tensors = tensors
         self.path = path
+        self.adapter = adapter_for(spec.backbone)
+        self._layouts: dict[int | None, Layout] = {}
 
     # --- files ------------------------------------------------------------------------------------
     @classmethod
@@ -165,47 +156,90 @@ class Supernet:
         return config
 
     # --- materialise ------------------------------------------------------------------------------
-    def _depth_map(self, depth: int | None) -> list[float] | None:
-        return depth_positions(self.full_depth, depth)
+    def layout(self, depth: int | None = None) -> Layout:
+        """Where each parameter of the depth-`depth` subnet comes from (cached per depth).
+
+        At full depth the subnet is the supernet. Otherwise block j of the subnet takes σ linearly
+        interpolated at its position along the supernet's depth, from source matrices of its own type
+        (a block whose structure differs, e.g. SD3's context_pre_only last block, maps to its own kind),
+        and its dense parameters from the nearest block.
+        """
+        depth = None if depth is None or depth == self.full_depth else int(depth)
+        if depth in self._layouts:
+            return self._layouts[depth]
+        if depth is None:
+            mats = [MatrixSource(t.name, m["name"], ((m["name"], 1.0),),
+                                 tuple((p["module"], *p["rows"]) for p in m["parts"]))
+                    for t in self.types for m in t.matrices]
+            layout = Layout(None, [(n, n) for n in self.spec.dense], mats)
+        else:
+            layout = self._depth_layout(depth)
+        self._layouts[depth] = layout
+        return layout
+
+    def _depth_layout(self, depth: int) -> Layout:
+        ad, full = self.adapter, self.full_depth
+        pos = depth_positions(full, depth)
+        type_of = {m["name"]: t.name for t in self.types for m in t.matrices}
+        with torch.device("meta"):  # names and shapes only
+            skeleton = ad.build(self.spec.config, depth)
+        mats, factorised = [], set()
+        for _, m, _ in ad.matrices(skeleton):
+            j = ad.block_index(m.name)
+            if j is None:
+                srcs = [(m.name, 1.0)]
+            else:
+                p = pos[j]
+                lo, hi = int(p), min(int(p) + 1, full - 1)
+                srcs = [(ad.rename_block(m.name, lo), 1 - (p - lo)), (ad.rename_block(m.name, hi), p - lo)]
+            srcs = [(n, w) for n, w in srcs if n in type_of and w > 0]
+            if not srcs:
+                raise FineDeployError(f"depth {depth}: no supernet layer to initialise {m.name} from; "
+                                      "the supernet is corrupt, re-create it")
+            t = type_of[srcs[0][0]]
+            srcs = [(n, w) for n, w in srcs if type_of[n] == t]
+            mats.append(MatrixSource(t, m.name, _renormalised(srcs), tuple((p.module, *p.rows) for p in m.parts)))
+            factorised |= {f"{p.module}.weight" for p in m.parts}
+        dense = []
+        for name, prm in skeleton.named_parameters():
+            if name in factorised:
+                continue
+            j = ad.block_index(name)
+            src = name if j is None else ad.rename_block(name, round(pos[j]))
+            have = self.spec.tensors.get(f"dense.{src}")
+            if have is None and f"dense.{src}" in self.tensors:
+                have = list(self.tensors[f"dense.{src}"].shape)
+            if have is None or list(have) != list(prm.shape):
+                raise FineDeployError(f"depth {depth}: {name} has no source of its shape in the supernet; "
+                                      "the supernet is corrupt, re-create it")
+            dense.append((name, src))
+        return Layout(depth, dense, mats)
 
     def sigma(self, matrix: str, depth: int | None = None) -> torch.Tensor:
         """σ of a matrix of the subnet at `depth` (interpolated along depth when it differs from full)."""
-        return self._sigma(matrix, self._depth_map(depth))
-
-    def _sigma(self, matrix: str, pos_map: list[float] | None) -> torch.Tensor:
-        if pos_map is None:
-            return self.tensors[f"sigma.{matrix}"]
-        return sum(w * self.tensors[f"sigma.{n}"] for n, w in sigma_sources(matrix, pos_map, self.full_depth))
+        for ms in self.layout(depth).matrices:
+            if ms.name == matrix:
+                return sum(w * self.tensors[f"sigma.{n}"] for n, w in ms.sigma)
+        raise FineDeployError(f"the depth-{depth} subnet has no layer {matrix!r}")
 
     def _new_module(self, depth: int | None) -> nn.Module:
-        return backbone_class(self.spec.backbone).from_config(backbone_config(self.spec.config, depth))
+        return self.adapter.build(self.spec.config, depth)
 
     def folded_state_dict(self, config: SubnetConfig) -> dict[str, torch.Tensor]:
         """State dict of the full-width subnet at the config's ranks and depth, all weights dense."""
-        pos_map = self._depth_map(config.depth)
-        depth = config.depth if pos_map is not None else None
-        model = self._new_module(depth)
-        sd: dict[str, torch.Tensor] = {}
-        for name, _ in model.named_parameters():
-            src = dense_source(name, pos_map)
-            if f"dense.{src}" in self.tensors:
-                sd[name] = self.tensors[f"dense.{src}"]
-        n_new = depth if depth is not None else None
-        for t in self.types:
+        layout = self.layout(config.depth)
+        sd = {name: self.tensors[f"dense.{src}"] for name, src in layout.dense}
+        kinds = {t.name: t for t in self.types}
+        for ms in layout.matrices:
+            t = kinds[ms.type]
             r = config.ranks.get(t.name, t.max_rank)
             U, V = (self.tensors[n] for n in basis_names(t.name))
-            for m in t.matrices:
-                blk = _BLOCK.match(m["name"])
-                if n_new is not None and blk and int(blk.group(1)) >= n_new:
-                    continue
-                W = fold(U, V, self._sigma(m["name"], pos_map), r)
-                for p in m["parts"]:
-                    a, b = p["rows"]
-                    w = W[a:b]
-                    if t.kind == "conv":
-                        kh, kw = t.kernel_size
-                        w = w.reshape(b - a, -1, kh, kw)
-                    sd[f"{p['module']}.weight"] = w.contiguous()
+            W = fold(U, V, sum(w * self.tensors[f"sigma.{n}"] for n, w in ms.sigma), r)
+            for module, a, b in ms.parts:
+                w = W[a:b]
+                if t.kind == "conv":
+                    w = w.reshape(b - a, -1, *t.kernel_size)
+                sd[f"{module}.weight"] = w.contiguous()
         return sd
 
     def subnet(self, config: SubnetConfig | dict | None = None) -> nn.Module:
@@ -213,8 +247,7 @@ class Supernet:
         if not isinstance(config, SubnetConfig):
             config = SubnetConfig.from_json(config)
         config = self.validate(config)
-        pos_map = self._depth_map(config.depth)
-        model = self._new_module(config.depth if pos_map is not None else None)
+        model = self._new_module(self.layout(config.depth).depth)
         missing, unexpected = model.load_state_dict(self.folded_state_dict(config), strict=False)
         # buffers recomputed from the config (pos-embeds) are not stored, parameters always are
         params = {n for n, _ in model.named_parameters()}
@@ -224,52 +257,11 @@ class Supernet:
                 f"unexpected {unexpected[:3]}; the supernet is corrupt, re-create it"
             )
         if any(w != self.full_width(k) for k, w in config.widths.items()):
-            from fine_deploy.supernet.ofa import slice_widths
-
-            model = slice_widths(model, config.widths, self.spec.widths["orders"])
+            model = self.adapter.slice_widths(model, config.widths, self.spec.widths["orders"])
         return model.eval()
 
     def full_width(self, knob: str) -> int:
         return max(self.spec.widths["knobs"][knob])
-
-    def factorized_module(self) -> nn.Module:
-        """The full backbone with every typed weight replaced by a factorised layer (for training)."""
-        model = self._new_module(None)
-        model.load_state_dict(self.folded_state_dict(self.full_config()), strict=False)
-        bases = nn.ModuleDict()
-        sigmas = nn.ParameterDict()
-        for t in self.types:
-            U, V = (self.tensors[n] for n in basis_names(t.name))
-            basis = bases[t.name] = SharedBasis(U, V)
-            for m in t.matrices:
-                sigma = sigmas[m["name"].replace(".", "__")] = nn.Parameter(
-                    self.tensors[f"sigma.{m['name']}"].clone()
-                )
-                for p in m["parts"]:
-                    parent_name, _, child = p["module"].rpartition(".")
-                    parent = model.get_submodule(parent_name)
-                    old = getattr(parent, child)
-                    rows = tuple(p["rows"]) if len(m["parts"]) > 1 else None
-                    if t.kind == "conv":
-                        new = FactorizedConv2d(basis, sigma, old, rows)
-                    else:
-                        new = FactorizedLinear(basis, sigma, old.bias, rows)
-                    setattr(parent, child, new)
-        model.fine_bases = bases
-        model.fine_sigmas = sigmas
-        return model
-
-    def update_from_factorized(self, model: nn.Module) -> None:
-        """Write trained factors and dense parameters of a `factorized_module()` back into the tensors."""
-        for t in self.types:
-            b = model.fine_bases[t.name]
-            U, V = basis_names(t.name)
-            self.tensors[U], self.tensors[V] = b.U.detach().clone(), b.V.detach().clone()
-            for m in t.matrices:
-                self.tensors[f"sigma.{m['name']}"] = model.fine_sigmas[m["name"].replace(".", "__")].detach().clone()
-        own = {n: p for n, p in model.named_parameters()}
-        for name in self.spec.dense:
-            self.tensors[f"dense.{name}"] = own[name].detach().clone()
 
 
 def load_supernet(path: str | Path | None = None) -> Supernet:
@@ -279,67 +271,3 @@ def load_supernet(path: str | Path | None = None) -> Supernet:
 
         return Supernet.load(default_supernet_path())
     return Supernet.load(path)
-
-
-def example_inputs(backbone: str, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """Fixed random model inputs for a backbone (what export, parity and shape tracing feed it)."""
-    g = torch.Generator().manual_seed(seed)
-    res = resolution or config["sample_size"]
-    x = torch.randn(batch, config["in_channels"], res, res, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
-    if backbone == "DiTTransformer2DModel":
-        n_cls = config.get("num_embeds_ada_norm") or 1
-        return {"hidden_states": x, "timestep": t, "class_labels": torch.randint(0, n_cls, (batch,), generator=g)}
-    return {"sample": x, "timestep": t}
-
-
-@torch.no_grad()
-def layer_shapes(sn: Supernet, config: SubnetConfig | dict | None = None, batch: int = 1,
-                 resolution: int | None = None) -> list[tuple[str, Any]]:
-    """(matrix name, LayerShape) of every factorised matrix of a subnet, traced at batch × resolution.
-
-    Rows seen by each layer come from a real forward pass with hooks, so token counts follow the
-    backbone's own down/up-sampling instead of a hand-written shape walk.
-    """
-    from fine_deploy.cost.shapes import LayerShape
-
-    config = config if isinstance(config, SubnetConfig) else SubnetConfig.from_json(config)
-    model = sn.subnet(config)
-    seen: dict[str, tuple] = {}
-    hooks = []
-    for t in sn.types:
-        for m in t.matrices:
-            part = m["parts"][0]["module"]
-            try:
-                mod = model.get_submodule(part)
-            except AttributeError:  # block dropped by the depth knob
-                continue
-
-            def hook(mod, args, out, name=m["name"]):
-                seen[name] = tuple(out.shape)
-
-            hooks.append(mod.register_forward_hook(hook))
-    try:
-        model(**example_inputs(sn.spec.backbone, sn.spec.config, batch, resolution))
-    finally:
-        for h in hooks:
-            h.remove()
-    out = []
-    for t in sn.types:
-        for m in t.matrices:
-            if m["name"] not in seen:
-                continue
-            shape = seen[m["name"]]
-            # rows of the built modules, not of the spec: a width-sliced subnet has fewer
-            rows = sum(model.get_submodule(p["module"]).weight.shape[0] for p in m["parts"])
-            mod = model.get_submodule(m["parts"][0]["module"])
-            if t.kind == "conv":
-                n, c, h, w = shape
-                k = t.kernel_size[0]
-                out.append((m["name"], LayerShape("conv", rows, mod.in_channels * k * k, n * h * w, k=k,
-                                                  group=t.name, stride=mod.stride[0], out_w=w)))
-            else:
-                tokens = int(torch.tensor(shape[:-1]).prod()) if len(shape) > 1 else 1
-                out.append((m["name"], LayerShape("linear", rows, mod.in_features, tokens, group=t.name)))
-    return out

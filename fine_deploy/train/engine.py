@@ -11,8 +11,6 @@ retraining all need; and the module that runs is exactly the one `subnet()` / ex
 from __future__ import annotations
 
 import copy
-import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,30 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fine_deploy.supernet.core import (
-    SubnetConfig,
-    Supernet,
-    backbone_class,
-    backbone_config,
-    basis_names,
-    dense_source,
-    depth_positions,
-    sigma_sources,
-)
-
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
+from fine_deploy.supernet.core import Layout, SubnetConfig, Supernet, basis_names
 
 
 def _key(name: str) -> str:
     return name.replace(".", "__")
-
-
-@dataclass(frozen=True)
-class _MatrixSource:
-    type: str
-    name: str
-    sigma: tuple[tuple[str, float], ...]  # (source matrix name, weight): interpolation along depth
-    parts: tuple[tuple[str, int, int], ...]  # (weight param name, row start, row stop)
 
 
 class TrainableSupernet(nn.Module):
@@ -67,9 +46,11 @@ class TrainableSupernet(nn.Module):
             self.dense[_key(name)] = nn.Parameter(sn.tensors[f"dense.{name}"].detach().clone().float())
         self.noise_scheduler = DDPMScheduler(**(scheduler_config or {"num_train_timesteps": 1000}))
         self.active = SubnetConfig()
-        # Skeletons are plain attributes (not submodules): their own weights are never trained.
+        self.adapter = sn.adapter
+        # The supernet's depth layouts (where each subnet parameter comes from), over this module's own
+        # parameters (no copy). Skeletons are plain attributes, not submodules: their weights are never trained.
+        self._layouts = Supernet(self.spec, {f"dense.{n}": self.dense[_key(n)] for n in self.spec.dense})
         self._skeletons: dict[tuple, nn.Module] = {}
-        self._plans: dict[int | None, tuple[list[tuple[str, str]], list[_MatrixSource]]] = {}
         self._index_maps: dict[tuple, dict[str, dict[int, torch.Tensor]]] = {}
 
     # --- knobs ------------------------------------------------------------------------------------
@@ -83,7 +64,7 @@ class TrainableSupernet(nn.Module):
 
     @property
     def class_conditional(self) -> bool:
-        return self.backbone == "DiTTransformer2DModel" and bool(self.spec.config.get("num_embeds_ada_norm"))
+        return bool(self.adapter.num_classes(self.spec.config))
 
     def _depth(self, config: SubnetConfig) -> int | None:
         return None if config.depth is None or config.depth == self.full_depth else int(config.depth)
@@ -92,40 +73,17 @@ class TrainableSupernet(nn.Module):
         knobs = self.spec.widths.get("knobs") or {}
         return tuple(sorted((k, int(w)) for k, w in config.widths.items() if w != max(knobs[k])))
 
-    def _plan(self, depth: int | None):
-        """Where every parameter of the depth-`depth` module comes from (cached per depth)."""
-        if depth in self._plans:
-            return self._plans[depth]
-        pos = depth_positions(self.full_depth, depth)
-        skeleton = self._skeleton(depth, ())
-        factorised = {f"{p['module']}.weight" for t in self.spec.types for m in t.matrices for p in m["parts"]}
-        dense = []
-        for name, _ in skeleton.named_parameters():
-            if name in factorised:
-                continue
-            dense.append((name, _key(dense_source(name, pos))))
-        mats = []
-        for t in self.spec.types:
-            for mat in t.matrices:
-                blk = _BLOCK.match(mat["name"])
-                if pos is not None and blk and int(blk.group(1)) >= depth:
-                    continue
-                srcs = sigma_sources(mat["name"], pos, self.full_depth)
-                parts = tuple((f"{p['module']}.weight", p["rows"][0], p["rows"][1]) for p in mat["parts"])
-                mats.append(_MatrixSource(t.name, mat["name"], tuple(srcs), parts))
-        self._plans[depth] = (dense, mats)
-        return self._plans[depth]
+    def _plan(self, depth: int | None) -> Layout:
+        return self._layouts.layout(depth)
 
     def _skeleton(self, depth: int | None, widths: tuple[tuple[str, int], ...]) -> nn.Module:
         key = (depth, widths)
         if key not in self._skeletons:
             if widths:
-                from fine_deploy.supernet.ofa import slice_widths
-
                 full = self._skeleton(depth, ())
-                model = slice_widths(full, dict(widths), self.spec.widths["orders"])
+                model = self.adapter.slice_widths(full, dict(widths), self.spec.widths["orders"])
             else:
-                model = backbone_class(self.backbone).from_config(backbone_config(self.spec.config, depth))
+                model = self.adapter.build(self.spec.config, depth)
             ref = next(self.parameters())
             model = model.to(ref.device).eval()
             for p in model.parameters():
@@ -136,7 +94,7 @@ class TrainableSupernet(nn.Module):
     def invalidate(self) -> None:
         """Forget cached skeletons and index maps (after the channel orders changed)."""
         self._skeletons.clear()
-        self._plans.clear()
+        self._layouts._layouts.clear()
         self._index_maps.clear()
 
     # --- the differentiable subnet ------------------------------------------------------------------
@@ -150,28 +108,26 @@ class TrainableSupernet(nn.Module):
     def state(self, config: SubnetConfig) -> dict[str, torch.Tensor]:
         """Parameters of the subnet's stock module, as functions of the supernet's parameters."""
         depth = self._depth(config)
-        dense, mats = self._plan(depth)
-        out = {name: self.dense[src] for name, src in dense}
+        layout = self._plan(depth)
+        out = {name: self.dense[_key(src)] for name, src in layout.dense}
         kinds = {t.name: t for t in self.spec.types}
-        for ms in mats:
+        for ms in layout.matrices:
             t = kinds[ms.type]
             r = int(config.ranks.get(t.name, t.max_rank))
             U, V = self.basis(t.name)
             s = sum(w * self.sigmas[_key(n)][:r] for n, w in ms.sigma)
             W = (U[:, :r] * s) @ V[:, :r].T
-            for pname, a, b in ms.parts:
+            for module, a, b in ms.parts:
                 w = W[a:b]
                 if t.kind == "conv":
                     w = w.reshape(b - a, -1, *t.kernel_size)
-                out[pname] = w
+                out[f"{module}.weight"] = w
         widths = self._widths(config)
         if widths:
             key = (depth, widths)
             if key not in self._index_maps:
-                from fine_deploy.supernet.ofa import width_index_map
-
-                self._index_maps[key] = width_index_map(self._skeleton(depth, ()), dict(widths),
-                                                        self.spec.widths["orders"])
+                self._index_maps[key] = self.adapter.width_index_map(self._skeleton(depth, ()), dict(widths),
+                                                                     self.spec.widths["orders"])
             for name, dims in self._index_maps[key].items():
                 if name in out:
                     w = out[name]
@@ -181,11 +137,12 @@ class TrainableSupernet(nn.Module):
         return out
 
     def model_inputs(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
-        if self.backbone == "DiTTransformer2DModel":
-            n_cls = self.spec.config.get("num_embeds_ada_norm") or 1
+        n_cls = self.adapter.num_classes(self.spec.config)
+        cond = None
+        if n_cls:  # no label: the null class (unconditional)
             lab = labels if labels is not None else torch.full((noisy.shape[0],), n_cls, dtype=torch.long)
-            return {"hidden_states": noisy, "timestep": t, "class_labels": lab.to(noisy.device)}
-        return {"sample": noisy, "timestep": t}
+            cond = {"class_labels": lab.to(noisy.device)}
+        return self.adapter.forward_kwargs(noisy, t, cond)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
                 config: SubnetConfig | None = None) -> torch.Tensor:

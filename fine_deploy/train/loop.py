@@ -73,7 +73,7 @@ def draw_batch(tsn, data: ImageSet, s: LoopSettings, step: int) -> tuple[torch.T
     drop = torch.rand(B, generator=g) < s.cfg_dropout
     labels = None
     if tsn.class_conditional:
-        null = tsn.spec.config["num_embeds_ada_norm"]
+        null = tsn.adapter.num_classes(tsn.spec.config)  # the null class row of the label embedding
         labels = torch.full((B,), null, dtype=torch.long) if data.labels is None else data.labels[idx].clone()
         labels[drop] = null  # our own label dropout: diffusers' would draw from the global RNG per process
     return x0, noise, t, labels

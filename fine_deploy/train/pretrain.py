@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from fine_deploy.backbones import adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory, atomic_write_json
-from fine_deploy.supernet.core import SubnetConfig, Supernet, backbone_class, basis_names
+from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names
 from fine_deploy.train.data import ImageSet, load_images, split
 from fine_deploy.train.engine import TrainableSupernet
 from fine_deploy.train.loop import (
@@ -75,18 +76,9 @@ def size_config(tsn: TrainableSupernet, size: float, knobs: list[str]) -> Subnet
 def refresh_widths(tsn: TrainableSupernet, calib: torch.Tensor, sizes: list[float], samples: int, p0: float,
                    seed: int) -> None:
     """OFA-Diffusion's importance → channel orders → allocation per size, on the current weights."""
-    from fine_deploy.supernet import ofa
-
-    model = tsn.dense_module()
-    groups = ofa.channel_groups(model)
-    imp = ofa.channel_importance(model, groups, calib, n_samples=samples, seed=seed)
+    fresh = tsn.adapter.width_section(tsn.dense_module(), calib, sizes=sizes, samples=samples, p0=p0, seed=seed)
     w = dict(tsn.spec.widths)
-    w.update({
-        "criterion": "gradient",
-        "importance": {k: [float(x) for x in v] for k, v in imp.items()},
-        "orders": ofa.channel_orders(imp),
-        "allocations": {f"{p:.2f}": ofa.allocate_widths(model, imp, p, p0=p0) for p in sizes},
-    })
+    w.update({k: fresh[k] for k in ("criterion", "importance", "orders", "allocations")})
     tsn.spec.widths = w
     tsn.invalidate()
 
@@ -108,7 +100,7 @@ def initial_supernet(recipe: Recipe) -> Supernet:
     from fine_deploy.supernet.convert import model_to_supernet
 
     torch.manual_seed(recipe.seed)
-    model = backbone_class(recipe.backbone).from_config(dict(recipe.config)).eval()
+    model = adapter_for(recipe.backbone).build(dict(recipe.config)).eval()
     prov = {"source": "fine-deploy train", "recipe_name": recipe.name}
     # training starts from random weights, so fitting them (ALS) would buy nothing: keep the SVD start
     return model_to_supernet(model, max_rank=recipe.max_rank, als_iters=0, provenance=prov)
@@ -122,8 +114,9 @@ def recipe_data(recipe: Recipe) -> tuple[ImageSet, ImageSet]:
 
 
 def _settings(recipe: Recipe) -> LoopSettings:
+    dropout = recipe.cfg_dropout if adapter_for(recipe.backbone).conditioning == "class" else 0.0
     return LoopSettings(recipe.batch_size, recipe.lr, recipe.total_steps, recipe.seed, recipe.warmup_steps,
-                        recipe.grad_clip, recipe.cfg_dropout if recipe.backbone == "DiTTransformer2DModel" else 0.0)
+                        recipe.grad_clip, dropout)
 
 
 def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[str], state: LoopState,

@@ -98,16 +98,16 @@ class Recipe:
                 raise FineDeployError(f"recipe {where}: stage mode {s.mode!r} is not one of {', '.join(MODES)}")
             if s.steps < 0:
                 raise FineDeployError(f"recipe {where}: stage steps {s.steps} is negative")
-        from fine_deploy.supernet.types import SUPPORTED_BACKBONES
+        from fine_deploy.backbones import SUPPORTED_BACKBONES, adapter_for
 
         if r.backbone not in SUPPORTED_BACKBONES:
             raise FineDeployError(
                 f"recipe {where}: backbone {r.backbone} is not supported; use one of {', '.join(SUPPORTED_BACKBONES)}"
             )
         nested_widths = "widths" in r.ofa.get("knobs", [])
-        if any(s.mode == "ofa" for s in r.stages) and r.backbone != "UNet2DModel" and nested_widths:
-            raise FineDeployError(f"recipe {where}: OFA width nesting needs a UNet2DModel; "
-                                  "drop 'widths' from ofa.knobs")
+        if any(s.mode == "ofa" for s in r.stages) and not adapter_for(r.backbone).width_knob and nested_widths:
+            raise FineDeployError(f"recipe {where}: OFA width nesting needs a backbone with a width knob "
+                                  f"({r.backbone} has none); drop 'widths' from ofa.knobs")
         return r
 
 

@@ -13,7 +13,6 @@ stay knobs, so the plan's ranks/widths still apply).
 from __future__ import annotations
 
 import copy
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -23,39 +22,37 @@ import torch
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory
-from fine_deploy.supernet.core import SubnetConfig, Supernet, dense_source, depth_positions
+from fine_deploy.supernet.core import SubnetConfig, Supernet
 from fine_deploy.train.data import fraction as data_fraction
 from fine_deploy.train.data import load_images, split
 from fine_deploy.train.engine import TrainableSupernet, sigma_only
 from fine_deploy.train.loop import LoopSettings, LoopState, make_accelerator, run_steps
 
-_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.")
 PLAN_FILE = "plan.json"
 
 
 def restrict_depth(sn: Supernet, depth: int | None) -> Supernet:
-    """A supernet whose full depth is `depth`: block j takes σ interpolated at its position along the
-    parent's depth and the dense parameters of the nearest parent block (as `Supernet.subnet` does)."""
+    """A supernet whose full depth is `depth`: its layers are those of the depth-`depth` subnet, each with
+    σ interpolated at its position along the parent's depth and the dense parameters of the nearest
+    parent block (`Supernet.layout`), sharing the parent's bases."""
     spec = copy.deepcopy(sn.spec)
-    L = sn.full_depth
-    if depth is None or depth == L:
+    if depth is None or depth == sn.full_depth:
         return Supernet(spec, dict(sn.tensors))
-    pos = depth_positions(L, depth)
+    layout = sn.layout(depth)
     tensors = {k: v for k, v in sn.tensors.items() if k.startswith("basis.")}
+    by_type: dict[str, list[dict]] = {t.name: [] for t in spec.types}
+    for ms in layout.matrices:
+        by_type[ms.type].append({"name": ms.name, "parts": [{"module": m, "rows": [a, b]} for m, a, b in ms.parts]})
+        tensors[f"sigma.{ms.name}"] = sum(w * sn.tensors[f"sigma.{n}"] for n, w in ms.sigma).clone()
     for t in spec.types:
-        t.matrices = [m for m in t.matrices
-                      if not _BLOCK.match(m["name"]) or int(_BLOCK.match(m["name"]).group(1)) < depth]
-        for m in t.matrices:
-            tensors[f"sigma.{m['name']}"] = sn.sigma(m["name"], depth).clone()
-    dense = []
-    for name in spec.dense:
-        b = _BLOCK.match(name)
-        if b and int(b.group(1)) >= depth:
-            continue
-        tensors[f"dense.{name}"] = sn.tensors[f"dense.{dense_source(name, pos)}"]
-        dense.append(name)
-    spec.dense = dense
-    spec.config = dict(spec.config, num_layers=depth)
+        t.matrices = by_type[t.name]
+    spec.types = [t for t in spec.types if t.matrices]
+    tensors = {k: v for k, v in tensors.items()
+               if not k.startswith("basis.") or k.split(".")[1] in {t.name for t in spec.types}}
+    spec.dense = [name for name, _ in layout.dense]
+    for name, src in layout.dense:
+        tensors[f"dense.{name}"] = sn.tensors[f"dense.{src}"]
+    spec.config = sn.adapter.subnet_config(spec.config, depth)
     options = [d for d in spec.depth.get("options", []) if d <= depth] or [depth]
     spec.depth = dict(spec.depth, full=depth, options=options, init="linear-sigma")
     return Supernet(spec, tensors)

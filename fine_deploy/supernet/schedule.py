@@ -22,15 +22,21 @@ from fine_deploy.errors import FineDeployError
 SCHEDULER_DIR = "scheduler"
 SCHEDULER_FILE = "scheduler_config.json"
 SAMPLERS = ("ddim", "ddpm")
+FLOW = "FlowMatchEulerDiscreteScheduler"
 DEFAULTS_SOURCE = "diffusers DDPMScheduler defaults (the supernet records no training schedule)"
 
 
 @dataclass
 class Schedule:
-    """The training noise schedule of a model: DDPMScheduler kwargs and where they came from."""
+    """The training noise schedule of a model: scheduler kwargs, where they came from, the scheduler class."""
 
-    config: dict[str, Any]  # DDPMScheduler kwargs (num_train_timesteps, beta_schedule, ...)
+    config: dict[str, Any]  # scheduler kwargs (num_train_timesteps, beta_schedule, ...)
     source: str  # "recipe dit-digits (supernet provenance)" | "parent supernet ..." | DEFAULTS_SOURCE
+    cls: str = "DDPMScheduler"  # the training family: DDPMScheduler | FlowMatchEulerDiscreteScheduler
+
+    @property
+    def flow(self) -> bool:
+        return self.cls == FLOW
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -47,8 +53,9 @@ def training_schedule(sn: Any, _seen: int = 0) -> Schedule:
     if isinstance(recipe, dict) and isinstance(recipe.get("scheduler"), dict):
         name = recipe.get("name") or prov.get("recipe_name") or "unnamed"
         return Schedule(_full(recipe["scheduler"]), f"recipe {name} (supernet provenance)")
+    family = sn.adapter.scheduler
     if isinstance(prov.get("scheduler"), dict):
-        return Schedule(_full(prov["scheduler"]), "supernet provenance")
+        return Schedule(_full(prov["scheduler"], family), "supernet provenance", family)
     parent = prov.get("parent")
     if isinstance(parent, dict) and parent.get("path") and _seen < 4:
         from fine_deploy.supernet.core import load_supernet
@@ -59,35 +66,41 @@ def training_schedule(sn: Any, _seen: int = 0) -> Schedule:
             up = None
         if up is not None and (not parent.get("sha256") or up.content_hash == parent["sha256"]):
             s = training_schedule(up, _seen + 1)
-            return Schedule(s.config, f"parent supernet {parent['path']}: {s.source}")
-    return Schedule(_full({}), DEFAULTS_SOURCE)
+            return Schedule(s.config, f"parent supernet {parent['path']}: {s.source}", s.cls)
+    return Schedule(_full({}, family), DEFAULTS_SOURCE, family)
 
 
-def _full(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Every DDPMScheduler field spelled out, so the file reads the same under other diffusers defaults."""
-    from diffusers import DDPMScheduler
+def _scheduler_class(name: str) -> type:
+    import diffusers
 
+    if name not in ("DDPMScheduler", FLOW):
+        raise FineDeployError(f"scheduler {name} is not a training scheduler fine-deploy samples with; "
+                              f"use DDPMScheduler or {FLOW}")
+    return getattr(diffusers, name)
+
+
+def _full(kwargs: dict[str, Any], cls: str = "DDPMScheduler") -> dict[str, Any]:
+    """Every scheduler field spelled out, so the file reads the same under other diffusers defaults."""
     try:
-        return _clean(DDPMScheduler(**_clean(kwargs)).config)
+        return _clean(_scheduler_class(cls)(**_clean(kwargs)).config)
     except (TypeError, ValueError, NotImplementedError) as e:
-        raise FineDeployError(f"scheduler config {kwargs} is not a valid DDPMScheduler config ({e}); "
+        raise FineDeployError(f"scheduler config {kwargs} is not a valid {cls} config ({e}); "
                               "fix the recipe's `scheduler` field") from None
 
 
 def write_scheduler(directory: str | Path, schedule: Schedule) -> Path:
     """Write `directory/scheduler/scheduler_config.json` (diffusers' layout); returns its path."""
-    from diffusers import DDPMScheduler
-
     out = Path(directory) / SCHEDULER_DIR
-    DDPMScheduler(**schedule.config).save_pretrained(str(out))
+    _scheduler_class(schedule.cls)(**schedule.config).save_pretrained(str(out))
     return out / SCHEDULER_FILE
 
 
 def read_scheduler(directory: str | Path) -> dict[str, Any]:
-    """The scheduler kwargs stored in an artifact or pipeline folder."""
+    """The scheduler kwargs stored in an artifact or pipeline folder (`_class_name` kept: the family)."""
     path = Path(directory) / SCHEDULER_DIR / SCHEDULER_FILE
     try:
-        return _clean(json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        return {**_clean(raw), "_class_name": raw.get("_class_name", "DDPMScheduler")}
     except FileNotFoundError:
         raise FineDeployError(f"{directory} has no {SCHEDULER_DIR}/{SCHEDULER_FILE}; re-export it with this "
                               "fine-deploy (older exports carried no schedule) or pass the plan instead") from None
@@ -97,9 +110,11 @@ def read_scheduler(directory: str | Path) -> dict[str, Any]:
 
 def make_scheduler(config: dict[str, Any], sampler: str) -> Any:
     """A diffusers scheduler of kind `sampler` (ddim: deterministic, few steps; ddpm: ancestral) on `config`."""
-    from diffusers import DDIMScheduler, DDPMScheduler
+    from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     if sampler not in SAMPLERS:
         raise FineDeployError(f"--sampler {sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
+    if config.get("_class_name") == FLOW:  # flow matching has one (Euler) sampler, deterministic
+        return FlowMatchEulerDiscreteScheduler.from_config(_clean(config))
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     return cls.from_config(_clean(config))

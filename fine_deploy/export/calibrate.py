@@ -1,5 +1,8 @@
 """End-to-end calibration of the planner's latency model for one supernet on this machine.
 
+It exports and times whole subnets, so it lives above both the planner and the exporter; the planner reads
+the fitted line back with `fine_deploy.planner.costs.calibration_for`.
+
 The LUT prices the factorised layers; the rest of a model (attention core, norms, embeddings,
 the runtime's graph overhead) is a roofline guess, and on ONNX Runtime CPU the whole model measured
 ~2x the sum (benchmarks/planner.py). So a few plans spread over the latency range are exported,
@@ -18,14 +21,7 @@ from typing import Any
 import numpy as np
 
 from fine_deploy.errors import FineDeployError
-
-KEY = "end_to_end"
-
-
-def calibration_for(lut, content_hash: str) -> dict[str, Any] | None:
-    if lut is None:
-        return None
-    return (lut.calibration.get(KEY) or {}).get(content_hash[:16])
+from fine_deploy.planner.costs import END_TO_END as KEY
 
 
 def time_artifacts(dirs: list[Path], rounds: int = 8, runs: int = 25) -> list[float]:
