@@ -45,6 +45,10 @@ def stacked_weights(model: nn.Module, t: WeightType) -> torch.Tensor:
 
 def load_diffusers_model(path: Path) -> nn.Module:
     cfg_path = path / "config.json"
+    if (path / "model_index.json").is_file() and not cfg_path.is_file():
+        found = [d.name for d in sorted(path.iterdir()) if d.name in ("unet", "transformer")]
+        raise FineDeployError(f"{path} is a pipeline folder; pass its denoiser folder "
+                              f"({path / found[0] if found else 'unet/ or transformer/'}) to convert the denoiser")
     if not cfg_path.is_file():
         raise FineDeployError(f"{path}: no config.json; pass a folder written by a diffusers model's save_pretrained")
     try:

@@ -49,6 +49,12 @@ def summary(sn: Supernet) -> dict[str, Any]:
         "widths": {"knobs": spec.widths.get("knobs", {}), "criterion": spec.widths.get("criterion")},
         "depth": spec.depth,
         "sensitivity": spec.sensitivity or {},
+        # which knobs this backbone class offers, and why not the others
+        "knobs": sn.adapter.knob_notes(),
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "range": i.range}
+                   for i in sn.adapter.inputs(spec.config)],
+        "objective": sn.adapter.objective,
+        "pipeline": {"class": sn.adapter.pipeline, "components": list(sn.adapter.components)},
     }
 
 
@@ -85,6 +91,10 @@ def render(s: dict[str, Any], console: Console) -> None:
         + f"  | depth: {s['depth'].get('options') or 'fixed'}"
         + f"  | sensitivity: {'measured' if s['sensitivity'] else 'not measured yet'}"
     )
+    for knob, why in s["knobs"].items():
+        console.print(f"  {knob}: {why}")
+    console.print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in s["inputs"])
+                  + f"  | objective: {s['objective']}")
 
 
 def inspect(supernet: str | Path | None = None, *, as_json: bool = False) -> dict[str, Any]:
