@@ -233,7 +233,9 @@ class Adapter:
         return model(**self.forward_kwargs_of(inputs), return_dict=False)[0]
 
     # --- the pipeline --------------------------------------------------------------------------------
+    pipeline_file: ClassVar[str | None] = None  # a pipeline module of this package copied into diffusers exports
+
     def model_index(self) -> dict[str, Any] | None:
-        """model_index.json of a pipeline folder made of the denoiser and a scheduler alone (None: no stock
+        """model_index.json of a pipeline folder made of the denoiser and a scheduler alone (None: no
         pipeline runs this denoiser without its other components)."""
         return None

@@ -49,5 +49,9 @@ class DiTAdapter(Adapter):
                 InputSpec("timestep", (batch,), "int64", (0, 1000)),
                 InputSpec("class_labels", (batch,), "int64", (0, self.num_classes(config) or 1))]
 
+    # pixel-space DiT: no stock pipeline (DiTPipeline decodes with a VAE); diffusers exports ship this one
+    pipeline_file = "dit_pipeline.py"
+
     def model_index(self) -> dict[str, Any] | None:
-        return None  # pixel-space DiT: no stock pipeline (DiTPipeline needs a VAE); the export ships its own
+        return {"_class_name": ["pipeline", "PixelDiTPipeline"], self.component: ["diffusers", self.class_name],
+                "scheduler": ["diffusers", "DDPMScheduler"]}

@@ -2,7 +2,7 @@
 
 A UNet2DModel folder is a stock `DDIMPipeline` (DDIMPipeline runs any DDPM/DDIM scheduler config as DDIM).
 A class-conditional pixel-space DiT has no stock pipeline (DiTPipeline needs a VAE), so its folder also
-carries `pipeline.py` (fine_deploy/export/pixel_pipeline.py, torch + diffusers only) and model_index.json
+carries `pipeline.py` (the adapter's `pipeline_file`, torch + diffusers only) and model_index.json
 names it; stock `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads both. A text-to-
 image denoiser (SD UNet, PixArt, SD3) exported alone is its component folder + scheduler/, each loadable by
 stock `from_pretrained`; its whole pipeline needs the text encoders and VAE beside it.
@@ -24,7 +24,6 @@ from fine_deploy.supernet.schedule import Schedule, write_scheduler
 
 MODEL_INDEX = "model_index.json"
 PIPELINE_FILE = "pipeline.py"
-DIT_PIPELINE = "PixelDiTPipeline"
 
 
 def model_index(adapter: Adapter) -> dict[str, Any] | None:
@@ -32,9 +31,6 @@ def model_index(adapter: Adapter) -> dict[str, Any] | None:
     import diffusers
 
     index = adapter.model_index()
-    if index is None and adapter.conditioning == "class" and not adapter.latent:  # pixel-space DiT
-        index = {"_class_name": [PIPELINE_FILE[:-3], DIT_PIPELINE],
-                 adapter.component: ["diffusers", adapter.class_name], "scheduler": ["diffusers", "DDPMScheduler"]}
     return None if index is None else {**index, "_diffusers_version": diffusers.__version__}
 
 
@@ -51,8 +47,8 @@ def write_pipeline(folder: Path, model: nn.Module, adapter: Adapter, schedule: S
     index = model_index(adapter)
     if index is None:
         return adapter.component
-    if isinstance(index["_class_name"], list):
-        source = (files("fine_deploy.export") / "pixel_pipeline.py").read_text()
+    if adapter.pipeline_file:  # the folder's own pipeline class, named ["pipeline", CLASS] in model_index.json
+        source = (files("fine_deploy.backbones") / adapter.pipeline_file).read_text()
         atomic_write_bytes(folder / PIPELINE_FILE, source.encode())
     atomic_write_json(folder / MODEL_INDEX, index)
     return adapter.component

@@ -1,5 +1,8 @@
 """Class-conditional pixel-space DiT pipeline — copied as `pipeline.py` into exported DiT pipeline folders.
 
+Its loop repeats `fine_deploy.sample.loop.denoise` on purpose: an exported folder must run with torch and
+diffusers alone. tests/test_export_pipeline.py checks that both give the same images for the same noise.
+
 diffusers' own DiTPipeline decodes latents through a VAE; fine-deploy's DiTs denoise pixels directly, so
 their pipeline folders carry this file and name it in model_index.json (`["pipeline", "PixelDiTPipeline"]`),
 which stock `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads. It imports only torch
