@@ -157,8 +157,11 @@ def load_lut(path: str | os.PathLike) -> Lut:
     return validate_lut_dict(data, f"LUT {path.name}")
 
 
-def lut_path(profiles: Path, device: str, runtime: str) -> Path:
-    return profiles / "measured" / f"{device}-{runtime}.json"
+def lut_path(device: str, runtime: str) -> Path:
+    """The default LUT file of a device and runtime: in the user cache (fine_deploy.paths)."""
+    from fine_deploy.paths import measured_lut_path
+
+    return measured_lut_path(device, runtime)
 
 
 def compatibility_problems(lut: Lut, versions: dict[str, str | None] | None = None) -> list[str]:

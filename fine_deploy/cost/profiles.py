@@ -1,7 +1,9 @@
-"""Device profiles: one YAML per device under profiles/, with public spec figures and aliases.
+"""Device profiles: one YAML per device, shipped as package data (fine_deploy/profiles/, linked from
+the repository's top-level profiles/), with public spec figures and aliases.
 
 `host` is special: its figures are probed on this machine (fp32 GEMM throughput of ONNX Runtime,
-copy bandwidth, memory) the first time it is loaded, and cached with the machine's fingerprint.
+copy bandwidth, memory) the first time it is loaded, and cached with the machine's fingerprint in
+the user cache (fine_deploy.paths.measured_dir), never beside the YAMLs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import yaml
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
+from fine_deploy.paths import measured_dir, shipped_profiles
 
 SCHEMA = 1
 KINDS = ("cpu", "gpu", "soc")
@@ -63,19 +66,16 @@ class DeviceProfile:
 
 
 def profiles_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where the device YAMLs live: `path`, $FINE_DEPLOY_PROFILES, or the repository's profiles/."""
+    """Where the device YAMLs live: `path`, $FINE_DEPLOY_PROFILES, or the ones shipped in the package."""
     if path is None:
-        path = os.environ.get("FINE_DEPLOY_PROFILES") or Path(__file__).resolve().parents[2] / "profiles"
+        path = os.environ.get("FINE_DEPLOY_PROFILES") or shipped_profiles()
     path = Path(path)
     if not path.is_dir():
         raise FineDeployError(
-            f"device profiles folder {path} does not exist; set FINE_DEPLOY_PROFILES to the profiles/ folder"
+            f"device profiles folder {path} does not exist; set FINE_DEPLOY_PROFILES to a folder of "
+            "device YAMLs or unset it to use the shipped ones"
         )
     return path
-
-
-def measured_dir(profiles: Path) -> Path:
-    return profiles / "measured"
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def load_profile(name: str, directory: str | os.PathLike | None = None, *, probe
     if data.get("probe"):
         if not probe:
             raise FineDeployError(f"profile {resolved} is probed on use; load it with probe=True")
-        data = {**data, **host_figures(measured_dir(directory))}
+        data = {**data, **host_figures(measured_dir())}
         data.pop("probe", None)
     return validate_profile_dict(data, f"{resolved}.yaml")
 
@@ -209,7 +209,7 @@ def list_profiles(directory: str | os.PathLike | None = None) -> list[dict[str, 
     rows = []
     for name, data in _raw_profiles(directory).items():
         if data.get("probe"):
-            cached = _cached_probe(measured_dir(directory))
+            cached = _cached_probe(measured_dir())
             if cached is not None:
                 data = {**data, **cached}
             data = {k: v for k, v in data.items() if k != "probe"}

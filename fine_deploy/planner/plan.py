@@ -97,10 +97,10 @@ def _r(x: float) -> float:
 
 def load_device(device: str, lut: str | Path | None, profiles: str | Path | None):
     from fine_deploy.cost.lut import load_lut, lut_path
-    from fine_deploy.cost.profiles import load_profile, profiles_dir
+    from fine_deploy.cost.profiles import load_profile
 
     prof = load_profile(device, profiles)
-    lut_file = Path(lut) if lut is not None else lut_path(profiles_dir(profiles), prof.name, prof.runtime)
+    lut_file = Path(lut) if lut is not None else lut_path(prof.name, prof.runtime)
     table = None
     if lut is not None or lut_file.is_file():
         table = load_lut(lut_file)
