@@ -39,18 +39,9 @@ def _check_output(output: Path) -> None:
 
 
 def _resolution(sn: Supernet, resolution: int | None) -> int:
-    cfg = sn.spec.config
-    res = int(resolution or cfg["sample_size"])
-    if sn.spec.backbone == "DiTTransformer2DModel":
-        if res != cfg["sample_size"]:  # the DiT's positional embedding is built for sample_size
-            raise FineDeployError(
-                f"--resolution {res}: this DiT supernet runs at {cfg['sample_size']} only; drop the option"
-            )
-    else:
-        div = 2 ** (len(cfg["block_out_channels"]) - 1)
-        if res < div or res % div:
-            raise FineDeployError(f"--resolution {res} must be a positive multiple of {div} for this UNet")
-    return res
+    from fine_deploy.validate import check_resolution  # the same rule `plan` applies
+
+    return check_resolution(sn.spec.backbone, sn.spec.config, resolution)
 
 
 def _tensor_specs(inputs: dict[str, torch.Tensor], ranges: dict[str, list[int]], dynamic: bool) -> list[dict]:
@@ -95,11 +86,14 @@ def export(
                               "Neural Engine); export one package per batch size")
     output = Path(output)
     _check_output(output)
+    from fine_deploy.validate import output_dir
+
+    output_dir(output)
     p = _load_plan(plan)
     sn = supernet_for_plan(p, supernet)
     config = sn.validate(SubnetConfig.from_json(p.subnet))
     batch = int(batch or p.inputs.get("batch") or 1)
-    res = _resolution(sn, resolution or p.inputs.get("resolution"))
+    res = _resolution(sn, resolution if resolution is not None else p.inputs.get("resolution"))
     inputs = export_inputs(sn.spec.backbone, sn.spec.config, batch, res, seed)
     meta = {"batch": batch, "resolution": res, "seed": seed}
 

@@ -220,12 +220,15 @@ def plan(
     from fine_deploy.planner.costs import CostModel
     from fine_deploy.planner.sensitivity import sensitivity_table
     from fine_deploy.supernet.core import load_supernet
+    from fine_deploy.validate import check_resolution, output_dir, output_file
 
     t0 = time.perf_counter()
+    output_file(output, "-o", "plan.json")
+    output_dir(pareto, "--pareto")
     prof, table, device_rec = load_device(device, lut, profiles)
     budget = make_budget(prof, mem, latency, steps, batch, max_loss)
     sn = load_supernet(supernet)
-    res = resolution or sn.spec.config.get("sample_size")
+    res = check_resolution(sn.spec.backbone, sn.spec.config, resolution)
     sens = sensitivity_table(sn, progress=show)
     quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
     if quality["proxy"]:
