@@ -269,3 +269,35 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
             require(list_of(r, int) and len(r) == 2 and r[0] < r[1], where,
                     f"{spec['name']}: range must be [low, high) integers", fix)
     return data
+
+
+def validate_supernet_spec(spec: Any, where: str) -> None:
+    """The nested structure of a supernet spec (types, tensors, knobs) that the loader relies on."""
+    fix = SUPERNET.fix
+
+    def ok(cond: bool, problem: str) -> None:
+        require(cond, where, problem, fix)
+
+    ok(list_of(spec.dense, str), "dense must be a list of parameter names")
+    ok(all(isinstance(k, str) and list_of(v, int) for k, v in spec.tensors.items()),
+       "tensors must map names to shapes (lists of integers)")
+    for t in spec.types:
+        ok(isinstance(t.name, str) and isinstance(t.kind, str), "every type needs a name and a kind")
+        ok(is_type(t.m1, int) and is_type(t.m2, int) and t.m1 > 0 and t.m2 > 0, f"type {t.name}: m1, m2 must be > 0")
+        ok(is_type(t.max_rank, int) and t.max_rank > 0, f"type {t.name}: max_rank must be a positive integer")
+        ok(list_of(t.rank_options, int) and all(0 < r <= t.max_rank for r in t.rank_options),
+           f"type {t.name}: rank_options must be integers in 1..max_rank")
+        ok(t.kernel_size is None or list_of(t.kernel_size, int), f"type {t.name}: kernel_size must be integers")
+        ok(dict_of(t.reconstruction_error, Number), f"type {t.name}: reconstruction_error must be numbers")
+        ok(isinstance(t.matrices, list) and all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("parts"), list) and all(
+                isinstance(p, dict) and isinstance(p.get("module"), str) and list_of(p.get("rows"), int)
+                and len(p["rows"]) == 2 for p in m["parts"])
+            for m in t.matrices), f"type {t.name}: matrices must be [{{name, parts: [{{module, rows}}]}}]")
+    knobs = spec.widths.get("knobs")
+    ok(knobs is None or (isinstance(knobs, dict) and all(list_of(v, int) for v in knobs.values())),
+       "widths.knobs must map knob names to lists of widths")
+    opts = spec.depth.get("options")
+    ok(opts is None or list_of(opts, int), "depth.options must be a list of integers")
+    ok(spec.depth.get("full") is None or is_type(spec.depth.get("full"), int), "depth.full must be an integer")
+    ok(isinstance(spec.weights_sha256, str), "weights_sha256 must be a string")
