@@ -34,7 +34,8 @@ def _git_status() -> str | None:
     r = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"], cwd=REPO,
                        capture_output=True, text=True)
     # the test session's own bytecode is not what this test looks for
-    return "\n".join(line for line in r.stdout.splitlines() if "__pycache__" not in line and ".pytest_cache" not in line)
+    return "\n".join(line for line in r.stdout.splitlines()
+                     if "__pycache__" not in line and ".pytest_cache" not in line)
 
 
 def _build_wheel(tmp: Path) -> Path:
