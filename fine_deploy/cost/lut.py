@@ -104,6 +104,9 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
             entry = LutEntry.from_dict(raw)
             figures = (entry.raw_s, entry.seconds, entry.median_s, entry.macs, entry.weight_bytes,
                        entry.activation_bytes)
+        dims = [getattr(entry.shape, f) for f in ("m1", "m2", "tokens", "k", "stride", "out_w")]
+        require(all(is_type(v, int) for v in dims) and is_type(entry.shape.group, str), where,
+                f"entry {key} has a mistyped shape", fix)
         require(all(is_type(v, Number) for v in figures) and is_type(entry.form, str)
                 and (entry.rank is None or is_type(entry.rank, int))
                 and (entry.single_s is None or is_type(entry.single_s, Number)),
