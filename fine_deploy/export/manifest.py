@@ -86,5 +86,4 @@ def tool_versions() -> dict[str, str | None]:
 
     v = runtime_versions()
     v["diffusers"] = package_version("diffusers")
-    v["onnxscript"] = package_version("onnxscript")
     return v
