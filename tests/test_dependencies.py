@@ -33,7 +33,7 @@ print("parity", m.parity[-1]["passed"] if "passed" in m.parity[-1] else m.parity
 def test_onnxscript_is_not_declared_and_not_needed(tmp_path):
     deps = (REPO / "pyproject.toml").read_text().split("\ndependencies = [", 1)[1].split("]", 1)[0]
     assert '"torch' in deps and "onnxscript" not in deps
-    assert "polygraphy" not in (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+    assert '"polygraphy' not in (REPO / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
     r = subprocess.run([sys.executable, "-c", EXPORT_WITHOUT_ONNXSCRIPT, str(tmp_path)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
