@@ -86,6 +86,14 @@ def test_plan_output_unwritable(tmp_path):
             match="cannot write in /proc", max_s=30)
 
 
+def test_profile_and_sample_outputs_are_checked_first(tmp_path):
+    (tmp_path / "outdir").mkdir()
+    refused(["profile", "--device", "host", "-o", str(tmp_path / "outdir")], tmp_path,
+            match="is an existing directory", max_s=30)
+    refused(["sample", "default", "-o", "/proc/fine-deploy-grid.png"], tmp_path, match="cannot write in /proc",
+            max_s=30)
+
+
 def test_report_alpha_out_of_range(tmp_path):
     refused(["report", "--baseline", "b.json", "--current", "c.json", "--alpha", "2"], tmp_path,
             match="--alpha 2.0 must lie strictly between 0 and 1")

@@ -223,12 +223,17 @@ def plan(
     from fine_deploy.validate import check_resolution, output_dir, output_file
 
     t0 = time.perf_counter()
+    # every input is checked before the host probe, the sensitivity proxy or the solver run
     output_file(output, "-o", "plan.json")
     output_dir(pareto, "--pareto")
-    prof, table, device_rec = load_device(device, lut, profiles)
-    budget = make_budget(prof, mem, latency, steps, batch, max_loss)
+    if mem is not None:
+        parse_bytes(mem)
+    if latency is not None:
+        parse_seconds(latency)
     sn = load_supernet(supernet)
     res = check_resolution(sn.spec.backbone, sn.spec.config, resolution)
+    prof, table, device_rec = load_device(device, lut, profiles)
+    budget = make_budget(prof, mem, latency, steps, batch, max_loss)
     sens = sensitivity_table(sn, progress=show)
     quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
     if quality["proxy"]:
