@@ -180,3 +180,30 @@ def test_refusals_write_nothing_even_with_umask_files_beside(tmp_path):
 
     assert output_file(tmp_path / "x.json") == tmp_path / "x.json"
     assert os.listdir(tmp_path) == []
+
+
+def test_bench_keeps_its_measurements_when_the_write_fails_after_measuring(tmp_path, monkeypatch, user_cache):
+    """The path passed the early check but the write still fails (disk full, folder removed): the result is
+    kept in the user cache and the one line says where."""
+    import fine_deploy.bench.run as run
+    from fine_deploy.bench.schema import load_bench
+    from fine_deploy.errors import FineDeployError
+
+    real = run.atomic_write_json
+    target = tmp_path / "bench.json"
+
+    def failing(path, obj):
+        if Path(path) == target:
+            raise OSError(28, "No space left on device")
+        return real(path, obj)
+
+    monkeypatch.setattr(run, "atomic_write_json", failing)
+    (tmp_path / "m.onnx").write_bytes(matmul_chain_model(2, 16))
+    with pytest.raises(FineDeployError) as e:
+        run.bench([tmp_path / "m.onnx"], runs=5, json_path=target, warmup=1, calibrate=False, progress=False,
+                  show=False)
+    msg = str(e.value)
+    assert "No space left on device" in msg and "measurements were kept in" in msg
+    kept = Path(msg.split("kept in ")[1].split(":")[0])
+    assert kept.parent == user_cache / "bench" and len(load_bench(kept).models[0].samples_s) == 5
+    assert not target.exists()

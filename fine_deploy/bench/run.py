@@ -271,10 +271,19 @@ def bench(
         calibration=calibration,
         models=models,
     )
-    if json_path is not None:
-        atomic_write_json(json_path, result.to_dict())
     if show:
         print_bench(result)
+    if json_path is not None:
+        try:
+            atomic_write_json(json_path, result.to_dict())
+        except OSError as e:  # checked before measuring, yet it failed (disk full, removed folder...)
+            from fine_deploy.paths import cache_dir
+
+            kept = atomic_write_json(cache_dir() / "bench" / f"bench-{result.run_id}.json", result.to_dict())
+            raise FineDeployError(
+                f"--json {json_path} could not be written ({e.strerror or e}); the measurements were kept in "
+                f"{kept}: copy them from there"
+            ) from None
     return result
 
 
