@@ -188,9 +188,7 @@ def print_table(record: dict) -> None:
     for c in ("model", "params", "convert", "plan cold", "plan warm", "plan bound", "export onnx", "parity"):
         tab.add_column(c)
     for r in record["results"]:
-        s = r["steps"]
-
-        def cell(k: str) -> str:
+        def cell(k: str, s: dict = r["steps"]) -> str:
             if k not in s:
                 return "-"
             x = s[k]

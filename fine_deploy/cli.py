@@ -88,7 +88,7 @@ def devices_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON i
 def profile_cmd(
     device: str = typer.Option("host", "--device", help="Device profile name or alias (see `devices`)."),
     output: Path | None = typer.Option(
-        None, "-o", "--output", help="LUT file; profiles/measured/<device>-<runtime>.json by default."
+        None, "-o", "--output", help="LUT file; <cache>/measured/<device>-<runtime>.json by default."
     ),
     runtime: str | None = typer.Option(
         None, "--runtime", help="Backend to measure on; the device's own when usable here."

@@ -1,7 +1,11 @@
 """Atomic writes and content hashes shared by every file format of the project.
 
 A crash must never leave a half-written artifact that looks whole, so everything is written to a
-temporary sibling and renamed into place (rename is atomic within one filesystem).
+temporary sibling and renamed into place (rename is atomic within one filesystem). The temporary
+sibling is hidden and names the writing process (`.NAME.PID-xxxx.tmp`); a write that was killed
+(`kill -9`) leaves it behind, and the next atomic write into the same folder removes every such
+leftover whose process is gone. Files and folders get the permissions of an ordinary `open` /
+`mkdir` under the user's umask (0644 / 0755 typically), not the private 0600 / 0700 of mkstemp.
 """
 
 from __future__ import annotations
@@ -10,18 +14,81 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+_LEFTOVER = re.compile(r"^\..+\.(\d+)-[^.]+\.(tmp|old)$")
+# written by versions before the process id was in the name: `.NAME.xxxxxxxx.tmp`
+_LEGACY = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|old)$")
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it where /proc allows, else set-and-restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process (or cannot tell): leave it alone
+    return True
+
+
+def remove_leftovers(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporary siblings that killed atomic writes left in `directory`; return what was removed."""
+    directory = Path(directory)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _LEFTOVER.match(name)
+        if m is not None:
+            if _pid_alive(int(m.group(1))):
+                continue
+        elif _LEGACY.match(name) is None:
+            continue
+        p = directory / name
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}-"
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_leftovers(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would create it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -51,13 +118,15 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_leftovers(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # as mkdir would create it, not mkdtemp's 0700
         yield tmp
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} exists")
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix=".old", dir=path.parent))
             os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)

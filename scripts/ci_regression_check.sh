@@ -15,14 +15,13 @@ python - "$OUT" <<'PY'
 import json, shutil, sys
 from pathlib import Path
 from fine_deploy.bench.synthetic import write_matmul_chain
-from fine_deploy.fileio import atomic_write_json
 
 out = Path(sys.argv[1])
 for name, depth, seed in (("a", 10, 0), ("b", 11, 1)):
     d = out / name
+    # static 256x256 input: a folder with one model file and no manifest (a manifest.json is an export's,
+    # with the fields fine_deploy.schemas.MANIFEST requires)
     write_matmul_chain(d / "model.onnx", depth, size=256, rows=256, seed=seed)
-    atomic_write_json(d / "manifest.json", {"schema": 1, "format": "onnx", "model": "model.onnx",
-                                            "inputs": [{"name": "x", "shape": [256, 256], "dtype": "float32"}]})
 shutil.rmtree(out / "a_again", ignore_errors=True)
 shutil.copytree(out / "a", out / "a_again")
 PY

@@ -54,6 +54,20 @@ def run(model, inputs: dict) -> torch.Tensor:
     return model(**inputs).sample
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory):
+    """Measured LUTs, the host probe and planner caches of this test session go to a temporary cache,
+    never to the user's ~/.cache or the source tree (subprocesses inherit the variable)."""
+    path = tmp_path_factory.mktemp("fine-deploy-cache")
+    old = os.environ.get("FINE_DEPLOY_CACHE")
+    os.environ["FINE_DEPLOY_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("FINE_DEPLOY_CACHE", None)
+    else:
+        os.environ["FINE_DEPLOY_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def dit_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("dit")

@@ -15,7 +15,7 @@ from torch import nn
 from fine_deploy.backbones import SUPPORTED_BACKBONES, adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.supernet.convert import model_to_supernet
-from fine_deploy.supernet.core import SubnetConfig
+from fine_deploy.supernet.core import SubnetConfig, load_supernet
 from fine_deploy.supernet.types import dense_parameters, find_types
 
 TINY = {
@@ -219,7 +219,8 @@ def test_text_conditioned_cli_flow_onnx_matches_the_stock_diffusers_folder(name,
     cli("plan", "--device", "host", "--mem", "8GB", "--supernet", tmp_path / "sn", "-o", tmp_path / "plan.json")
     plan = json.loads((tmp_path / "plan.json").read_text())
     # a smaller subnet than the full one, so the check is not on the converted model's own weights
-    plan["subnet"]["ranks"] = {k: max(1, v // 2) for k, v in plan["subnet"]["ranks"].items()}
+    sn = load_supernet(tmp_path / "sn")
+    plan["subnet"]["ranks"] = {t.name: t.rank_options[len(t.rank_options) // 2] for t in sn.types}
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     cli("export", "--plan", tmp_path / "plan.json", "--format", "onnx", "-o", tmp_path / "onnx")
     cli("export", "--plan", tmp_path / "plan.json", "--format", "diffusers", "-o", tmp_path / "diff")

@@ -132,7 +132,7 @@ def test_every_fine_deploy_command_a_dockerfile_runs_exists(name):
 
 def test_bases_and_default_commands_fit_each_target():
     cpu, trt, jetson = ((DOCKER / f).read_text() for f in DOCKERFILES)
-    assert "FROM python:" in cpu and '"./[cpu]"' in cpu and '"./[gpu]"' in trt  # ORT CPU / CUDA builds
+    assert "FROM python:" in cpu and '.whl)[cpu]"' in cpu and '.whl)[gpu]"' in trt  # ORT CPU / CUDA builds
     assert "nvcr.io/nvidia/tensorrt:" in trt and "nvcr.io/nvidia/l4t-jetpack:" in jetson
     for text, what in ((trt, "trt"), (jetson, "trt")):
         default = fine_deploy_invocations(text)[-1]
@@ -154,3 +154,29 @@ def test_the_checker_catches_unknown_commands_and_options():
     assert any("unknown command 'benchmark'" in p for p in found)
     assert any("bench has no option --speed" in p for p in found)
     assert any("unknown command 'nope'" in p for p in found)
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_each_image_installs_the_wheel_the_wheel_test_installs(name):
+    """tests/test_wheel.py builds the wheel from these COPYed paths with `pip wheel --no-deps` and installs
+    the .whl (not the source folder, not editable): the images must do the same."""
+    from test_wheel import DOCKER_COPIES
+
+    steps = instructions((DOCKER / name).read_text())
+    copied = {w for word, args in steps if word == "COPY" for w in args.split()[:-1]}
+    assert copied == set(DOCKER_COPIES)
+    runs = [argv for word, args in steps if word == "RUN" for argv in _split_shell(args)]
+    pip = [a[a.index("pip"):] for a in runs if "pip" in a]
+    assert any(a[:2] == ["pip", "wheel"] and "--no-deps" in a for a in pip), pip
+    installs = [a for a in pip if a[:2] == ["pip", "install"] and any(".whl" in t for t in a)]
+    assert len(installs) == 1, pip
+    assert not any(a[:2] == ["pip", "install"] and ("./" in a or "-e" in a) for a in pip)
+    workdir = "/opt/fine-deploy"
+    smoke_dirs = []
+    for word, args in steps:
+        workdir = args if word == "WORKDIR" else workdir
+        if word == "RUN" and ["fine-deploy", "devices"] in _split_shell(args):
+            smoke_dirs.append(workdir)
+    assert smoke_dirs == ["/work"]  # the smoke command runs outside the source folder
+    env = " ".join(args for word, args in steps if word == "ENV")
+    assert "XDG_CACHE_HOME=/work/.cache" in env  # measured LUTs land in the mounted volume

@@ -13,7 +13,7 @@ import fine_deploy
 
 # top to bottom; a name may import any name after it
 LAYERS = ["cli", "bench", "train", "sample", "export", "planner", "cost", "supernet", "zoo", "backbones", "runtime",
-          "fileio", "console", "errors"]
+          "fileio", "schemas", "validate", "paths", "console", "errors"]
 ROOT = Path(fine_deploy.__file__).parent
 
 

@@ -94,7 +94,7 @@ def test_memory_budget_binds_and_is_met(dit_supernet, dit_space, tmp_path):
     small = solve(space, "memory").evaluation.memory_bytes
     full = _full(space).memory_bytes
     mem = int(small + 0.3 * (full - small))
-    p = plan(DEVICE, str(mem), supernet=dit_supernet, output=tmp_path / "p.json", show=False)
+    p = plan(DEVICE, f"{mem}B", supernet=dit_supernet, output=tmp_path / "p.json", show=False)
     assert p.predicted["memory_bytes"] <= mem
     assert p.binding == "memory"
     assert p.predicted["quality_loss"] > 0
@@ -105,7 +105,7 @@ def test_infeasible_memory_gives_minimal_feasible_value(dit_supernet, dit_space,
     smallest = solve(space, "memory").evaluation.memory_bytes
     out = tmp_path / "never.json"
     with pytest.raises(FineDeployError) as e:
-        plan(DEVICE, str(int(smallest) - 1000), supernet=dit_supernet, output=out, show=False)
+        plan(DEVICE, f"{int(smallest) - 1000}B", supernet=dit_supernet, output=out, show=False)
     msg = str(e.value)
     assert not out.exists()
     hinted = int(re.search(r"--mem is \S+ \((\d+) bytes\)", msg).group(1))
@@ -183,7 +183,7 @@ def test_unet_width_knob_interacts_with_ranks(unet_supernet, tmp_path):
     assert narrow[0].weight_bytes < wide[0].weight_bytes  # the same rank acts on a smaller matrix
     full, small = _full(space).memory_bytes, solve(space, "memory").evaluation.memory_bytes
     mem = int(small + 0.3 * (full - small))
-    p = plan(DEVICE, str(mem), supernet=unet_supernet, output=tmp_path / "u.json", show=False)
+    p = plan(DEVICE, f"{mem}B", supernet=unet_supernet, output=tmp_path / "u.json", show=False)
     assert p.predicted["memory_bytes"] <= mem and p.binding == "memory"
     assert set(p.subnet["widths"]) == {"stage1"}
     sn.validate(__import__("fine_deploy.supernet.core", fromlist=["SubnetConfig"]).SubnetConfig.from_json(p.subnet))

@@ -27,7 +27,8 @@ from fine_deploy.planner.units import (
         ("1TB", 10**12),
         ("1tib", 2**40),
         ("4gb", 4 * 10**9),
-        ("1024", 1024),
+        ("1024B", 1024),
+        (1024, 1024),
         ("100B", 100),
         ("1e3MB", 10**9),
     ],
@@ -46,7 +47,8 @@ def test_seconds_in_all_units(text, want):
 
 
 @pytest.mark.parametrize("bad, fragment", [("4XB", "unknown unit"), ("GB", "not a number"), ("-1GB", "not a number"),
-                                           ("0MB", "must be positive"), ("", "not a number")])
+                                           ("0MB", "must be positive"), ("", "not a number"),
+                                           ("4", "give a unit, e.g. 4GB")])
 def test_bad_memory_budget_is_one_clear_line(bad, fragment):
     with pytest.raises(FineDeployError) as e:
         parse_bytes(bad)

@@ -96,13 +96,31 @@ def test_missing_field_is_named():
         validate_profile_dict(data, "x.yaml")
 
 
-def test_host_is_probed_once_and_cached(tmp_path):
+def test_host_is_probed_once_and_cached(tmp_path, monkeypatch):
     shutil.copy(REPO_PROFILES / "host.yaml", tmp_path / "host.yaml")
+    monkeypatch.setenv("FINE_DEPLOY_CACHE", str(tmp_path / "cache"))
     host = load_profile("host", tmp_path)
     # a 2-core CI runner does tens of GFLOP/s on one thread; a broken probe gives 0 or absurd numbers
     assert 1e9 < host.peak("fp32") < 1e13
     assert 1e8 < host.memory_bandwidth < 1e12
     assert host.runtime_overhead_bytes > 1 << 20  # ONNX Runtime's libraries alone take megabytes
-    assert (tmp_path / "measured" / "host-probe.json").exists()
+    assert (tmp_path / "cache" / "measured" / "host-probe.json").exists()  # the user cache, not beside the YAML
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "host.yaml"]
     again = load_profile("local", tmp_path)
     assert again.peak_flops == host.peak_flops  # from the cache, not a second noisy probe
+
+
+def test_profiles_are_package_data_and_measured_files_go_to_the_user_cache(monkeypatch, tmp_path):
+    import fine_deploy
+    from fine_deploy.cost.lut import lut_path
+    from fine_deploy.cost.profiles import profiles_dir
+
+    monkeypatch.delenv("FINE_DEPLOY_PROFILES", raising=False)
+    shipped = profiles_dir()
+    assert shipped == Path(fine_deploy.__file__).parent / "profiles"  # inside the package: ships in the wheel
+    assert REPO_PROFILES.resolve() == shipped.resolve()  # the top-level profiles/ is the same folder
+    monkeypatch.setenv("FINE_DEPLOY_CACHE", str(tmp_path / "c"))
+    assert lut_path("host", "onnxruntime-cpu") == tmp_path / "c" / "measured" / "host-onnxruntime-cpu.json"
+    monkeypatch.delenv("FINE_DEPLOY_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert lut_path("host", "onnxruntime-cpu").parent == tmp_path / "x" / "fine-deploy" / "measured"

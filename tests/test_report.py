@@ -184,7 +184,7 @@ def test_bad_files(tmp_path: Path) -> None:
     d = json.loads(good.read_text())
     d["schema"] = 9
     (tmp_path / "z.json").write_text(json.dumps(d))
-    with pytest.raises(FineDeployError, match="bench schema 9"):
+    with pytest.raises(FineDeployError, match="bench result schema 9 is not supported"):
         build_report(good, tmp_path / "z.json")
     d["schema"] = 1
     d["models"][0]["samples_s"] = [0.0, -1.0]

@@ -95,15 +95,35 @@ def test_manifest_directory_declares_shapes(tmp_path: Path) -> None:
     (art / "unet.onnx").write_bytes(matmul_chain_model(2, 16))
     manifest = {
         "schema": 1,
+        "kind": "fine-deploy-export",
         "format": "onnx",
         "model": "unet.onnx",
+        "backbone": "UNet2DModel", "plan": {}, "supernet": {}, "subnet": {}, "kernels": {}, "options": {},
         "inputs": [{"name": "x", "shape": [3, 16], "dtype": "float32"}],
+        "outputs": [{"name": "y", "shape": [3, 16], "dtype": "float32"}],
     }
     (art / "manifest.json").write_text(json.dumps(manifest))
     s = open_session(art)
     assert s.declared_shapes == {"x": (3, 16)}
     assert s.make_feeds()["x"].shape == (3, 16)
     assert resolve_artifact(art).format == "onnx"
+    assert resolve_artifact(art / "unet.onnx").declared_shapes == {"x": (3, 16)}  # the model file uses it too
+
+
+def test_one_manifest_reader_refuses_a_manifest_without_kind(tmp_path: Path) -> None:
+    """runtime (bench, sample) and the exporter read manifest.json with the same reader and agree."""
+    from fine_deploy.export.manifest import Manifest
+
+    art = tmp_path / "art"
+    art.mkdir()
+    (art / "m.onnx").write_bytes(matmul_chain_model(2, 16))
+    (art / "manifest.json").write_text(json.dumps({"schema": 1, "format": "onnx", "model": "m.onnx", "inputs": []}))
+    errors = []
+    for read in (resolve_artifact, Manifest.load):
+        with pytest.raises(FineDeployError) as e:
+            read(art)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "kind is None" in errors[0] and "\n" not in errors[0]
 
 
 def test_bad_artifacts_get_one_line_errors(tmp_path: Path) -> None:
@@ -120,7 +140,7 @@ def test_bad_artifacts_get_one_line_errors(tmp_path: Path) -> None:
         open_session(tmp_path / "w.bin")
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "manifest.json").write_text('{"schema": 7}')
+    (bad / "manifest.json").write_text('{"schema": 7, "kind": "fine-deploy-export"}')
     with pytest.raises(FineDeployError, match="schema 7"):
         open_session(bad)
     with pytest.raises(FineDeployError, match="cannot run on coreml"):

@@ -62,7 +62,7 @@ def _corrupt_copy(src, dst, how):
     "how, needle, file",
     [
         ("truncated", "truncated or corrupt", WEIGHTS_FILE),
-        ("schema", "schema version 99 is not supported", SPEC_FILE),
+        ("schema", "schema 99 is not supported", SPEC_FILE),
         ("missing", "tensor 'basis.fc1.U' listed in supernet.json is missing", WEIGHTS_FILE),
         ("shape", "tensor 'basis.fc1.U' has shape", WEIGHTS_FILE),
         ("modified", "content hash differs", WEIGHTS_FILE),

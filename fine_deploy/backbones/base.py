@@ -52,6 +52,9 @@ class WeightType:
         return self.layers * min(self.m1, self.m2)
 
 
+# an image side beyond this many times the model's own is refused: attention cost grows with its 4th power
+MAX_RESOLUTION_FACTOR = 4
+
 Found = tuple[str, Matrix, tuple]  # (role, matrix, (kind, m1, m2, kernel_size)): one factorisable matrix
 
 
@@ -222,9 +225,27 @@ class Adapter:
         return {"rank": "every factorised type"}
 
     # --- inputs --------------------------------------------------------------------------------------
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        """The spatial size of the sample input, or one line saying which sizes this model runs at."""
-        return int(resolution or config["sample_size"])
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        """(exact options or None, description, step, largest) of the sample sides this model runs at."""
+        native = int(config["sample_size"])
+        return [native], f"{native} only (its positional embedding is built for it)", native, native
+
+    def strided_resolutions(self, config: dict[str, Any], step: int) -> tuple[None, str, int, int]:
+        top = max(int(config["sample_size"]), step) * MAX_RESOLUTION_FACTOR
+        top -= top % step
+        return None, f"a multiple of {step} from {step} to {top}", step, top
+
+    def check_resolution(self, config: dict[str, Any], resolution: int | None, flag: str = "--resolution") -> int:
+        """The sample side to use: `resolution` when the model runs at it, else one line with what is allowed."""
+        if resolution is None:
+            return int(config["sample_size"])
+        exact, allowed, step, top = self.resolution_options(config)
+        strided = step <= resolution <= top and resolution % step == 0 if isinstance(resolution, int) else False
+        ok = isinstance(resolution, int) and not isinstance(resolution, bool) and (
+            resolution in exact if exact is not None else strided)
+        if not ok:
+            raise FineDeployError(f"{flag} {resolution} is not allowed for this supernet; use {allowed}")
+        return int(resolution)
 
     def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
         """The forward inputs, in diffusers' argument order, with the shapes of a batch at `resolution`."""

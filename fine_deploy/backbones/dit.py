@@ -7,7 +7,6 @@ from typing import Any
 from torch import nn
 
 from fine_deploy.backbones.base import Adapter, Found, InputSpec, attention_matrices, single
-from fine_deploy.errors import FineDeployError
 
 
 class DiTAdapter(Adapter):
@@ -31,13 +30,6 @@ class DiTAdapter(Adapter):
         return {"rank": "every factorised type", "depth": "num_layers (σ interpolated along depth)",
                 "width": "none: a stock DiT config has one hidden width for every block, so no block can be "
                          "narrowed alone and the patch/label embeddings fix the global one"}
-
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        res = int(resolution or config["sample_size"])
-        if res != config["sample_size"]:  # the positional embedding is built for sample_size
-            raise FineDeployError(f"--resolution {res}: this DiT runs at {config['sample_size']} only; "
-                                  "drop the option")
-        return res
 
     def num_classes(self, config: dict[str, Any]) -> int | None:
         n = config.get("num_embeds_ada_norm")

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from fine_deploy.backbones.base import Adapter, Found, InputSpec, attention_matrices, single
-from fine_deploy.errors import FineDeployError
 
 TEXT_TOKENS = 120  # PixArt-α's T5 context length
 
@@ -36,13 +35,6 @@ class PixArtAdapter(Adapter):
     def knob_notes(self) -> dict[str, str]:
         return {"rank": "every factorised type", "depth": "num_layers (σ interpolated along depth)",
                 "width": "none: one hidden width for every block (adaLN-single's table is shared by all)"}
-
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        res = int(resolution or config["sample_size"])
-        if res != config["sample_size"]:
-            raise FineDeployError(f"--resolution {res}: this PixArt model is exported at {config['sample_size']} "
-                                  "only; drop the option")
-        return res
 
     def _additional(self, config: dict[str, Any]) -> bool:
         extra = config.get("use_additional_conditions")

@@ -13,7 +13,6 @@ from typing import Any
 from torch import nn
 
 from fine_deploy.backbones.base import Adapter, Found, InputSpec, stack
-from fine_deploy.errors import FineDeployError
 
 TEXT_TOKENS = 154  # CLIP-L/G (77) + T5 (77) tokens, SD3's default max_sequence_length
 
@@ -59,17 +58,14 @@ class SD3Adapter(Adapter):
                          "supernet's last block)",
                 "width": "none: one hidden width for every joint block"}
 
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        res = int(resolution or config["sample_size"])
-        p = int(config["patch_size"])
-        limit = config.get("pos_embed_max_size")
-        if res % p or (limit and res // p > limit):
-            raise FineDeployError(f"--resolution {res} must be a multiple of {p}"
-                                  + (f" and at most {limit * p}" if limit else "") + " for this SD3 transformer")
-        return res
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        p, limit = int(config["patch_size"]), config.get("pos_embed_max_size")
+        if not limit:
+            return super().resolution_options(config)
+        return None, f"a multiple of {p} from {p} to {limit * p} (pos_embed_max_size {limit})", p, limit * p
 
     def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
-        res = self.check_resolution(config, resolution)
+        res = int(resolution or config["sample_size"])
         return [InputSpec("hidden_states", (batch, config["in_channels"], res, res), "float32"),
                 InputSpec("encoder_hidden_states", (batch, TEXT_TOKENS, int(config["joint_attention_dim"])),
                           "float32"),

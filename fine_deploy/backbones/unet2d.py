@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from fine_deploy.backbones.base import Adapter, Found, InputSpec, stack
-from fine_deploy.errors import FineDeployError
 
 # the stage of a module path: "down0", "mid", "up1" (modules outside the stages stay dense)
 _STAGE = re.compile(r"^(?:(down|up)_blocks\.(\d+)|(mid)_block)\.")
@@ -43,14 +42,6 @@ def resnet_matrices(model: nn.Module, path: str, mod: nn.Module, stage: str) -> 
     return []
 
 
-def check_unet_resolution(config: dict[str, Any], resolution: int | None) -> int:
-    res = int(resolution or config["sample_size"])
-    div = 2 ** (len(config["block_out_channels"]) - 1)
-    if res < div or res % div:
-        raise FineDeployError(f"--resolution {res} must be a positive multiple of {div} for this UNet")
-    return res
-
-
 class UNet2DAdapter(Adapter):
     class_name = "UNet2DModel"
     component = "unet"
@@ -79,8 +70,8 @@ class UNet2DAdapter(Adapter):
         return {"rank": "every factorised type", "width": "block_out_channels of stages ≥ 1 (OFA-Diffusion orders)",
                 "depth": "none: layers_per_block is one value for every stage and sets the skip connections"}
 
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        return check_unet_resolution(config, resolution)
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        return self.strided_resolutions(config, 2 ** (len(config["block_out_channels"]) - 1))
 
     def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from fine_deploy.backbones.base import Adapter, Found, InputSpec, attention_matrices, single
-from fine_deploy.backbones.unet2d import check_unet_resolution, resnet_matrices, unet_stage
+from fine_deploy.backbones.unet2d import resnet_matrices, unet_stage
 
 _BLOCK_ATTN = re.compile(r"attentions\.\d+\.transformer_blocks\.\d+\.(attn1|attn2)$")
 _PROJ = re.compile(r"attentions\.\d+\.(proj_in|proj_out)$")
@@ -53,8 +53,8 @@ class UNet2DConditionAdapter(Adapter):
                 "width": "none yet: the OFA slicer handles UNet2DModel stages; cross-attention stages are not "
                          "sliced by it"}
 
-    def check_resolution(self, config: dict[str, Any], resolution: int | None) -> int:
-        return check_unet_resolution(config, resolution)
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        return self.strided_resolutions(config, 2 ** (len(config["block_out_channels"]) - 1))
 
     def text_dims(self, config: dict[str, Any]) -> int:
         d = config["cross_attention_dim"]

@@ -233,8 +233,13 @@ def report(
 
     The caller exits 1 when ``Report.regressed``.
     """
+    from fine_deploy.validate import check_probability, output_file
+
     if fmt not in FORMATS:
         raise FineDeployError(f"unknown report format {fmt!r}; use one of {', '.join(FORMATS)}")
+    alpha = check_probability(alpha, "--alpha")
+    output_file(output, "-o", f"report.{'xml' if fmt == 'junit' else fmt}")
+    output_file(plot, "--plot", "report.png")
     rep = build_report(baseline, current, threshold, normalize=normalize, alpha=alpha, metric=metric)
     from fine_deploy.bench.render import render
 

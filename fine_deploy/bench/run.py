@@ -138,6 +138,9 @@ def bench(
         raise FineDeployError("--runs, --steps, --batch and --threads must be positive and --warmup >= 0")
     if time_budget_s is not None and time_budget_s <= 0:
         raise FineDeployError("--time-budget must be a positive number of seconds")
+    from fine_deploy.validate import output_file
+
+    output_file(json_path, "--json", "bench.json")  # refused before measuring, not after
     overrides = parse_shapes(shapes)
     resolved = [Path(p) for p in paths]
     for p in resolved:
@@ -155,7 +158,17 @@ def bench(
         mine = {k: v for k, v in overrides.items() if k in {s.name for s in session.inputs}}
         unused -= set(mine)
         feeds = session.make_feeds(mine, batch=batch, seed=0)
-        for _ in range(max(warmup, 1)):  # at least one: the first run allocates and compiles
+        try:
+            session.run(feeds)  # the first run allocates and compiles
+        except FineDeployError:
+            raise
+        except Exception as e:  # the model itself refuses these inputs (e.g. class labels out of range)
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:160]
+            raise FineDeployError(
+                f"{path} fails on random inputs ({first}); bench its export directory, whose manifest.json "
+                "declares the input ranges, or pass --shape for dynamic inputs"
+            ) from None
+        for _ in range(max(warmup, 1) - 1):
             session.run(feeds)
         rss1, peak1 = _rss_bytes(), _peak_rss_bytes()
         memory = {
@@ -258,10 +271,19 @@ def bench(
         calibration=calibration,
         models=models,
     )
-    if json_path is not None:
-        atomic_write_json(json_path, result.to_dict())
     if show:
         print_bench(result)
+    if json_path is not None:
+        try:
+            atomic_write_json(json_path, result.to_dict())
+        except OSError as e:  # checked before measuring, yet it failed (disk full, removed folder...)
+            from fine_deploy.paths import cache_dir
+
+            kept = atomic_write_json(cache_dir() / "bench" / f"bench-{result.run_id}.json", result.to_dict())
+            raise FineDeployError(
+                f"--json {json_path} could not be written ({e.strerror or e}); the measurements were kept in "
+                f"{kept}: copy them from there"
+            ) from None
     return result
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import read_json
+from fine_deploy.schemas import BENCH, Number, dict_of, is_type, list_of, malformed, require
 
-SCHEMA = 1
-KIND = "fine-deploy/bench"
+SCHEMA = BENCH.schema
+KIND = BENCH.tag[1]
 
 
 @dataclass
@@ -81,16 +81,9 @@ class BenchResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "bench.json") -> BenchResult:
-        if not isinstance(d, dict) or d.get("kind") != KIND:
-            raise FineDeployError(
-                f"{source} is not a fine-deploy bench result; pass a file written by fine-deploy bench"
-            )
-        if d.get("schema") != SCHEMA:
-            raise FineDeployError(
-                f"{source} has bench schema {d.get('schema')!r}, this version reads {SCHEMA}; "
-                "re-run fine-deploy bench with this version"
-            )
-        try:
+        d = BENCH.check(d, source)
+        fix = BENCH.fix
+        with malformed(source, BENCH.name, fix):
             settings = BenchSettings(**_known(BenchSettings, d["settings"]))
             cal = d.get("calibration")
             calibration = Calibration(**_known(Calibration, cal)) if cal else None
@@ -103,25 +96,33 @@ class BenchResult:
                 calibration=calibration,
                 models=models,
             )
-        except (KeyError, TypeError) as e:
-            raise FineDeployError(
-                f"{source} is missing or has a malformed field ({e}); re-run fine-deploy bench"
-            ) from None
+        require(is_type(settings.runs, int) and is_type(settings.steps, int) and is_type(settings.batch, int),
+                source, "settings.runs, steps and batch must be integers", fix)
+        if calibration is not None:
+            require(list_of(calibration.samples_s, Number) and is_type(calibration.median_s, Number), source,
+                    "calibration samples must be numbers", fix)
         for m in models:
-            if not m.samples_s or not all(isinstance(s, (int, float)) and s > 0 for s in m.samples_s):
+            require(isinstance(m.name, str), source, "every model needs a name", fix)
+            if not m.samples_s or not list_of(m.samples_s, Number) or not all(s > 0 for s in m.samples_s):
                 raise FineDeployError(
                     f"{source}: model {m.name} has no positive timing samples; re-run fine-deploy bench"
                 )
+            require(m.cpu_samples_s is None or list_of(m.cpu_samples_s, Number), source,
+                    f"model {m.name}: cpu_samples_s must be numbers", fix)
+            require(dict_of(m.stats, Number) and dict_of(m.memory, (int, type(None))), source,
+                    f"model {m.name}: stats and memory must be numbers", fix)
         return result
 
 
 def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
     """Fields of ``cls`` present in ``d``: newer minor additions to a schema-1 file are ignored."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{cls.__name__} must be an object")
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in d.items() if k in names}
 
 
 def load_bench(path: str | Path) -> BenchResult:
     path = Path(path)
-    data = read_json(path, missing=f"run fine-deploy bench --json {path} first", invalid="re-run fine-deploy bench")
+    data = BENCH.read(path, missing=f"run fine-deploy bench --json {path} first")
     return BenchResult.from_dict(data, str(path))

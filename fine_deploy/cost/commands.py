@@ -81,7 +81,9 @@ def profile_command(
 
     from fine_deploy.cost.profiler import profile
     from fine_deploy.cost.profiles import resolve_name
+    from fine_deploy.validate import output_file
 
+    output_file(output, "-o", "lut.json")
     console = Console(stderr=True)
     name = resolve_name(device)
     if name != device:

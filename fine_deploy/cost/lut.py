@@ -15,10 +15,12 @@ from typing import Any
 
 from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json, read_json
+from fine_deploy.fileio import atomic_write_json
+from fine_deploy.schemas import LUT as LUT_CONTRACT
+from fine_deploy.schemas import Number, dict_of, is_type, malformed, require
 
 # 2: `seconds` is fitted on whole chains (the one-layer estimate moved to `single_s`); no reference_s
-SCHEMA = 2
+SCHEMA = LUT_CONTRACT.schema
 
 
 @dataclass(frozen=True)
@@ -90,46 +92,27 @@ class Lut:
         return atomic_write_json(path, self.to_dict())
 
 
-_FIELDS = {
-    "schema": int,
-    "device": str,
-    "runtime": str,
-    "fingerprint": dict,
-    "runtime_versions": dict,
-    "session": dict,
-    "protocol": dict,
-    "empty_run_s": (int, float),
-    "entries": dict,
-    "boundaries": dict,
-    "calibration": dict,
-    "roofline": dict,
-    "memory": dict,
-    "complete": bool,
-}
-
-
 def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
-    """Check a LUT's structure and values; one line naming the first problem."""
-    if not isinstance(data, dict):
-        raise FineDeployError(f"{where} is not a JSON object; re-run `fine-deploy profile`")
-    if data.get("schema") != SCHEMA:
-        raise FineDeployError(
-            f"{where} has schema {data.get('schema')!r}; this version reads schema {SCHEMA}, "
-            "re-run `fine-deploy profile`"
-        )
-    for key, typ in _FIELDS.items():
-        if key not in data or not isinstance(data[key], typ):
-            raise FineDeployError(f"{where}: field {key!r} is missing or mistyped; re-run `fine-deploy profile`")
-    if data["empty_run_s"] < 0:
-        raise FineDeployError(f"{where}: empty_run_s is negative; re-run `fine-deploy profile`")
+    """Check a LUT's structure and values (schemas.LUT, then each entry); one line naming the first problem."""
+    data = LUT_CONTRACT.check(data, where)
+    fix = LUT_CONTRACT.fix
+    require(data["empty_run_s"] >= 0, where, "empty_run_s is negative", fix)
+    require(dict_of(data["boundaries"], Number), where, "boundaries must map tensor shapes to seconds", fix)
     entries: dict[str, LutEntry] = {}
     for key, raw in data["entries"].items():
-        try:
+        with malformed(f"{where}: entry {key}", "LUT entry", fix):
             entry = LutEntry.from_dict(raw)
-        except (TypeError, KeyError, FineDeployError) as e:
-            raise FineDeployError(f"{where}: entry {key} is malformed ({e}); re-run `fine-deploy profile`") from None
-        if not (entry.raw_s > 0 and entry.seconds >= 0 and entry.macs > 0):
-            raise FineDeployError(f"{where}: entry {key} has non-positive figures; re-run `fine-deploy profile`")
+            figures = (entry.raw_s, entry.seconds, entry.median_s, entry.macs, entry.weight_bytes,
+                       entry.activation_bytes)
+        dims = [getattr(entry.shape, f) for f in ("m1", "m2", "tokens", "k", "stride", "out_w")]
+        require(all(is_type(v, int) for v in dims) and is_type(entry.shape.group, str), where,
+                f"entry {key} has a mistyped shape", fix)
+        require(all(is_type(v, Number) for v in figures) and is_type(entry.form, str)
+                and (entry.rank is None or is_type(entry.rank, int))
+                and (entry.single_s is None or is_type(entry.single_s, Number)),
+                where, f"entry {key} has mistyped figures", fix)
+        require(entry.raw_s > 0 and entry.seconds >= 0 and entry.macs > 0, where,
+                f"entry {key} has non-positive figures", fix)
         entries[key] = entry
     return Lut(
         device=data["device"],
@@ -151,14 +134,15 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
 
 def load_lut(path: str | os.PathLike) -> Lut:
     path = Path(path)
-    data = read_json(
-        path, missing="run `fine-deploy profile --device NAME` first", invalid="re-run `fine-deploy profile`"
-    )
+    data = LUT_CONTRACT.read(path, missing="run `fine-deploy profile --device NAME` first or pass --lut")
     return validate_lut_dict(data, f"LUT {path.name}")
 
 
-def lut_path(profiles: Path, device: str, runtime: str) -> Path:
-    return profiles / "measured" / f"{device}-{runtime}.json"
+def lut_path(device: str, runtime: str) -> Path:
+    """The default LUT file of a device and runtime: in the user cache (fine_deploy.paths)."""
+    from fine_deploy.paths import measured_lut_path
+
+    return measured_lut_path(device, runtime)
 
 
 def compatibility_problems(lut: Lut, versions: dict[str, str | None] | None = None) -> list[str]:

@@ -285,7 +285,7 @@ def profile(
 ) -> Lut:
     """Measure the LUT of `device` on this machine and write it.
 
-    The default output is profiles/measured/<device>-<runtime>.json; `shapes` defaults to the
+    The default output is <user cache>/measured/<device>-<runtime>.json (fine_deploy.paths); `shapes` defaults to the
     built-in tiny supernet's layers and `ranks` (per shape key) to quarters of the full rank.
     `calibration_subnets` random chains refit the costs in context (fit_in_model); None means
     twice the number of layer choices, at least 100.
@@ -306,7 +306,7 @@ def profile(
     shapes = list(shapes) if shapes is not None else default_shapes()
     if not shapes:
         raise FineDeployError("no layer shapes to profile; give at least one LayerShape")
-    path = Path(output) if output is not None else lut_path(directory, prof.name, backend)
+    path = Path(output) if output is not None else lut_path(prof.name, backend)
     lut = Lut(
         device=prof.name,
         runtime=backend,

@@ -1,7 +1,9 @@
-"""Device profiles: one YAML per device under profiles/, with public spec figures and aliases.
+"""Device profiles: one YAML per device, shipped as package data (fine_deploy/profiles/, linked from
+the repository's top-level profiles/), with public spec figures and aliases.
 
 `host` is special: its figures are probed on this machine (fp32 GEMM throughput of ONNX Runtime,
-copy bandwidth, memory) the first time it is loaded, and cached with the machine's fingerprint.
+copy bandwidth, memory) the first time it is loaded, and cached with the machine's fingerprint in
+the user cache (fine_deploy.paths.measured_dir), never beside the YAMLs.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
+from fine_deploy.paths import measured_dir, shipped_profiles
+from fine_deploy.schemas import PROFILE, Number, is_type, list_of, read_document
 
-SCHEMA = 1
+SCHEMA = PROFILE.schema
 KINDS = ("cpu", "gpu", "soc")
 HOST_PROBE_SCHEMA = 1
 # GEMM and copy sizes of the host probe: big enough to leave the caches, small enough for ~2 s
@@ -63,80 +65,52 @@ class DeviceProfile:
 
 
 def profiles_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where the device YAMLs live: `path`, $FINE_DEPLOY_PROFILES, or the repository's profiles/."""
+    """Where the device YAMLs live: `path`, $FINE_DEPLOY_PROFILES, or the ones shipped in the package."""
     if path is None:
-        path = os.environ.get("FINE_DEPLOY_PROFILES") or Path(__file__).resolve().parents[2] / "profiles"
+        path = os.environ.get("FINE_DEPLOY_PROFILES") or shipped_profiles()
     path = Path(path)
     if not path.is_dir():
         raise FineDeployError(
-            f"device profiles folder {path} does not exist; set FINE_DEPLOY_PROFILES to the profiles/ folder"
+            f"device profiles folder {path} does not exist; set FINE_DEPLOY_PROFILES to a folder of "
+            "device YAMLs or unset it to use the shipped ones"
         )
     return path
 
 
-def measured_dir(profiles: Path) -> Path:
-    return profiles / "measured"
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise FineDeployError(f"profile {path.name} is not valid YAML{where}; fix the file") from None
+    data = read_document(path, "device profile", missing="run `fine-deploy devices` for the list",
+                         invalid="fix the file", text="yaml")
     if not isinstance(data, dict):
         raise FineDeployError(f"profile {path.name} is not a mapping of fields; fix the file")
     return data
 
 
-_REQUIRED = {
-    "schema": int,
-    "name": str,
-    "description": str,
-    "kind": str,
-    "source": str,
-    "runtime": str,
-    "runtimes": list,
-    "dtypes": list,
-    "peak_flops": dict,
-    "memory_bandwidth": (int, float),
-    "memory_bytes": int,
-    "usable_memory_bytes": int,
-    "runtime_overhead_bytes": int,
-    "launch_overhead_s": (int, float),
-}
-
-
 def validate_profile_dict(data: dict[str, Any], where: str) -> DeviceProfile:
-    """Check every field's presence, type and range; one line naming the first problem."""
-    for key, typ in _REQUIRED.items():
-        if key not in data:
-            raise FineDeployError(f"profile {where} lacks field {key!r}; add it (see profiles/h100-sxm.yaml)")
-        if not isinstance(data[key], typ) or isinstance(data[key], bool):
-            raise FineDeployError(f"profile {where}: field {key!r} has the wrong type; fix the value")
-    if data["schema"] != SCHEMA:
-        raise FineDeployError(f"profile {where} has schema {data['schema']}; this version reads schema {SCHEMA}")
+    """Check every field's presence, type and range (schemas.PROFILE, then ranges); one line naming the first
+    problem."""
+    where = f"profile {where}"
+    data = PROFILE.check(data, where)
     if data["kind"] not in KINDS:
-        raise FineDeployError(f"profile {where}: kind must be one of {', '.join(KINDS)}")
+        raise FineDeployError(f"{where}: kind must be one of {', '.join(KINDS)}")
+    for key in ("runtimes", "dtypes"):
+        if not list_of(data[key], str):
+            raise FineDeployError(f"{where}: {key} must be a list of names; fix the value")
+    if not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in data.get("aliases") or []):
+        raise FineDeployError(f"{where}: aliases must be a list of names; fix the value")
     for dt, v in data["peak_flops"].items():
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise FineDeployError(f"profile {where}: peak_flops.{dt} must be a positive number")
+        if not is_type(v, Number) or v <= 0:
+            raise FineDeployError(f"{where}: peak_flops.{dt} must be a positive number")
     missing = [d for d in data["dtypes"] if d not in data["peak_flops"]]
     if missing:
-        raise FineDeployError(f"profile {where}: dtypes {missing} have no peak_flops entry; add them")
+        raise FineDeployError(f"{where}: dtypes {missing} have no peak_flops entry; add them")
     if data["runtime"] not in data["runtimes"]:
-        raise FineDeployError(f"profile {where}: runtime {data['runtime']!r} is not among its runtimes")
+        raise FineDeployError(f"{where}: runtime {data['runtime']!r} is not among its runtimes")
     if data["memory_bandwidth"] <= 0 or data["memory_bytes"] <= 0:
-        raise FineDeployError(f"profile {where}: memory_bandwidth and memory_bytes must be positive")
+        raise FineDeployError(f"{where}: memory_bandwidth and memory_bytes must be positive")
     if not 0 < data["usable_memory_bytes"] <= data["memory_bytes"]:
-        raise FineDeployError(f"profile {where}: usable_memory_bytes must be in (0, memory_bytes]")
+        raise FineDeployError(f"{where}: usable_memory_bytes must be in (0, memory_bytes]")
     if data["runtime_overhead_bytes"] < 0 or data["launch_overhead_s"] < 0:
-        raise FineDeployError(f"profile {where}: overheads must not be negative")
-    known = set(_REQUIRED) | {"aliases", "probed", "probe"}
-    extra = sorted(set(data) - known)
-    if extra:
-        raise FineDeployError(f"profile {where} has unknown field(s) {', '.join(extra)}; remove them")
+        raise FineDeployError(f"{where}: overheads must not be negative")
     return DeviceProfile(
         schema=data["schema"],
         name=data["name"],
@@ -163,6 +137,11 @@ def _raw_profiles(directory: Path) -> dict[str, dict[str, Any]]:
         data = _read_yaml(path)
         if data.get("name") != path.stem:
             raise FineDeployError(f"profile {path.name} names itself {data.get('name')!r}; name it {path.stem!r}")
+        aliases = data.get("aliases")
+        if aliases is not None and not (
+            isinstance(aliases, list) and all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in aliases)
+        ):
+            raise FineDeployError(f"profile {path.name}: aliases must be a list of names; fix the value")
         out[path.stem] = data
     return out
 
@@ -198,7 +177,7 @@ def load_profile(name: str, directory: str | os.PathLike | None = None, *, probe
     if data.get("probe"):
         if not probe:
             raise FineDeployError(f"profile {resolved} is probed on use; load it with probe=True")
-        data = {**data, **host_figures(measured_dir(directory))}
+        data = {**data, **host_figures(measured_dir())}
         data.pop("probe", None)
     return validate_profile_dict(data, f"{resolved}.yaml")
 
@@ -209,7 +188,7 @@ def list_profiles(directory: str | os.PathLike | None = None) -> list[dict[str, 
     rows = []
     for name, data in _raw_profiles(directory).items():
         if data.get("probe"):
-            cached = _cached_probe(measured_dir(directory))
+            cached = _cached_probe(measured_dir())
             if cached is not None:
                 data = {**data, **cached}
             data = {k: v for k, v in data.items() if k != "probe"}

@@ -80,12 +80,15 @@ def export(
                               "Neural Engine); export one package per batch size")
     output = Path(output)
     _check_output(output)
+    from fine_deploy.validate import output_dir
+
+    output_dir(output)
     p = _load_plan(plan)
     sn = supernet_for_plan(p, supernet)
     config = sn.validate(SubnetConfig.from_json(p.subnet))
     batch = int(batch or p.inputs.get("batch") or 1)
     ad = sn.adapter
-    res = ad.check_resolution(sn.spec.config, resolution or p.inputs.get("resolution"))
+    res = ad.check_resolution(sn.spec.config, resolution if resolution is not None else p.inputs.get("resolution"))
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed)
     meta = {"batch": batch, "resolution": res, "seed": seed}
 

@@ -7,15 +7,16 @@ exported, every file with its sha256, parity results and tool versions.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json, read_json, sha256_file
+from fine_deploy.fileio import atomic_write_json, sha256_file
+from fine_deploy.schemas import MANIFEST as MANIFEST_CONTRACT
+from fine_deploy.schemas import malformed, read_manifest
 
-SCHEMA = 1  # fine_deploy.runtime.artifact reads schema 1
-FORMAT = "fine-deploy-export"
+SCHEMA = MANIFEST_CONTRACT.schema  # fine_deploy.runtime.artifact reads it with the same reader
+FORMAT = MANIFEST_CONTRACT.tag[1]
 MANIFEST = "manifest.json"
 FORMATS = ("onnx", "trt", "coreml", "diffusers")
 
@@ -59,14 +60,13 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: str | Path) -> Manifest:
-        path = Path(directory) / MANIFEST
-        d = read_json(path, missing="it is not a fine-deploy export", invalid="re-run fine-deploy export")
-        if not isinstance(d, dict) or d.get("kind") != FORMAT or d.get("schema") != SCHEMA:
-            raise FineDeployError(f"{path} is not a schema-{SCHEMA} fine-deploy export manifest; re-export")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise FineDeployError(f"{path} is malformed ({e}); re-run fine-deploy export") from None
+        """The manifest of an export directory, read by the one reader (fine_deploy.schemas.read_manifest)."""
+        d = read_manifest(directory)
+        with malformed(str(Path(directory) / MANIFEST), MANIFEST_CONTRACT.name, MANIFEST_CONTRACT.fix):
+            return cls(**{k: v for k, v in d.items() if k in _FIELDS})
+
+
+_FIELDS = {f.name for f in fields(Manifest)}
 
 
 def verify_files(directory: str | Path) -> list[str]:
@@ -86,5 +86,4 @@ def tool_versions() -> dict[str, str | None]:
 
     v = runtime_versions()
     v["diffusers"] = package_version("diffusers")
-    v["onnxscript"] = package_version("onnxscript")
     return v

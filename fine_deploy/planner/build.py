@@ -39,7 +39,7 @@ class _Cache:
     """
 
     def __init__(self, sn, batch: int, resolution: int | None) -> None:
-        from fine_deploy.planner.sensitivity import cache_dir
+        from fine_deploy.paths import cache_dir
 
         self.sn = sn
         self.path = cache_dir() / f"space-v1-{sn.content_hash[:32]}-b{batch}-r{resolution}.json"

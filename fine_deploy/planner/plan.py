@@ -97,10 +97,10 @@ def _r(x: float) -> float:
 
 def load_device(device: str, lut: str | Path | None, profiles: str | Path | None):
     from fine_deploy.cost.lut import load_lut, lut_path
-    from fine_deploy.cost.profiles import load_profile, profiles_dir
+    from fine_deploy.cost.profiles import load_profile
 
     prof = load_profile(device, profiles)
-    lut_file = Path(lut) if lut is not None else lut_path(profiles_dir(profiles), prof.name, prof.runtime)
+    lut_file = Path(lut) if lut is not None else lut_path(prof.name, prof.runtime)
     table = None
     if lut is not None or lut_file.is_file():
         table = load_lut(lut_file)
@@ -220,12 +220,20 @@ def plan(
     from fine_deploy.planner.costs import CostModel
     from fine_deploy.planner.sensitivity import sensitivity_table
     from fine_deploy.supernet.core import load_supernet
+    from fine_deploy.validate import output_dir, output_file
 
     t0 = time.perf_counter()
+    # every input is checked before the host probe, the sensitivity proxy or the solver run
+    output_file(output, "-o", "plan.json")
+    output_dir(pareto, "--pareto")
+    if mem is not None:
+        parse_bytes(mem)
+    if latency is not None:
+        parse_seconds(latency)
+    sn = load_supernet(supernet)
+    res = sn.adapter.check_resolution(sn.spec.config, resolution)
     prof, table, device_rec = load_device(device, lut, profiles)
     budget = make_budget(prof, mem, latency, steps, batch, max_loss)
-    sn = load_supernet(supernet)
-    res = resolution or sn.spec.config.get("sample_size")
     sens = sensitivity_table(sn, progress=show)
     quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
     if quality["proxy"]:

@@ -6,13 +6,14 @@ profile / LUT it was priced with and their hashes, so that a plan is never appli
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from fine_deploy.cost.shapes import FORMS
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json, read_json
+from fine_deploy.fileio import atomic_write_json
+from fine_deploy.schemas import PLAN, dict_of, malformed, require
 
 SCHEMA = 1
 FORMAT = "fine-deploy-plan"
@@ -46,44 +47,80 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: Any, where: str = "plan.json") -> Plan:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise FineDeployError(
-                f"{where}: not a fine-deploy plan (format field missing or wrong); make one with `fine-deploy plan`"
-            )
-        if d.get("schema") != SCHEMA:
-            raise FineDeployError(
-                f"{where}: plan schema {d.get('schema')!r} is not supported (expected {SCHEMA}); "
-                "re-run `fine-deploy plan`"
-            )
-        try:
-            plan = cls(**d)
-        except TypeError as e:
-            raise FineDeployError(f"{where}: malformed plan ({e}); re-run `fine-deploy plan`") from None
+        d = PLAN.check(d, where)
+        fix = PLAN.fix
+        with malformed(where, PLAN.name, fix):
+            plan = cls(**{k: v for k, v in d.items() if k in _FIELDS})
+        require(isinstance(plan.supernet.get("path", "default"), str), where, "supernet.path must be a string", fix)
+        require(dict_of(plan.kernels, str), where, "kernels must map layer names to kernel forms", fix)
         bad = {k: v for k, v in plan.kernels.items() if v not in KERNEL_FORMS}
         if bad:
             k, v = next(iter(bad.items()))
             raise FineDeployError(f"{where}: kernel form {v!r} for {k!r} is not one of {', '.join(KERNEL_FORMS)}")
+        sub = plan.subnet
+        require(set(sub) <= {"ranks", "widths", "depth"}, where,
+                f"subnet has unknown knob(s) {sorted(set(sub) - {'ranks', 'widths', 'depth'})}", fix)
+        require(sub.get("ranks") is None or dict_of(sub["ranks"], int), where,
+                "subnet.ranks must map type names to integer ranks", fix)
+        require(sub.get("widths") is None or dict_of(sub["widths"], int), where,
+                "subnet.widths must map knob names to integer widths", fix)
+        require(sub.get("depth") is None or (isinstance(sub["depth"], int) and not isinstance(sub["depth"], bool)),
+                where, "subnet.depth must be an integer or null", fix)
+        for key in ("batch", "resolution"):
+            v = plan.inputs.get(key)
+            require(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), where,
+                    f"inputs.{key} must be a positive integer", fix)
         return plan
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
-        d = read_json(
-            path, missing=f"make one with `fine-deploy plan ... -o {path}`", invalid="re-run `fine-deploy plan`"
-        )
-        return cls.from_json(d, str(path))
+        return cls.from_json(PLAN.read(path, missing=f"make one with `fine-deploy plan ... -o {path}`"), str(path))
+
+
+_FIELDS = {f.name for f in fields(Plan)}
 
 
 def supernet_for_plan(plan: Plan, override: str | Path | None = None):
-    """The plan's supernet (or `override`), refused when its content hash differs from the plan's."""
+    """The plan's supernet (or `override`), refused when its content hash differs from the plan's or the
+    plan records none, and when a knob value of the plan is not one of that supernet's options."""
     from fine_deploy.supernet.core import load_supernet
 
     where = override if override is not None else plan.supernet.get("path", "default")
-    sn = load_supernet(where)
     want = plan.supernet.get("sha256")
-    if want and sn.content_hash != want:
+    if not isinstance(want, str) or not want:
+        raise FineDeployError(
+            "the plan records no supernet sha256, so it cannot be checked against a supernet; "
+            "re-run `fine-deploy plan` to make a complete plan"
+        )
+    sn = load_supernet(where)
+    if sn.content_hash != want:
         raise FineDeployError(
             f"supernet {where} (hash {sn.content_hash[:12]}) is not the one this plan was made from "
             f"(hash {want[:12]}); pass the right --supernet or re-run `fine-deploy plan`"
         )
+    check_plan_knobs(plan, sn)
     return sn
+
+
+def check_plan_knobs(plan: Plan, sn) -> None:
+    """Every rank, width and depth of the plan is one of the supernet's options (a hand edit is caught here)."""
+    fix = "use one of those values or re-run `fine-deploy plan`"
+    types = {t.name: t for t in sn.types}
+    for name, r in (plan.subnet.get("ranks") or {}).items():
+        if name not in types:
+            raise FineDeployError(f"plan: rank for unknown type {name!r}; types are {', '.join(types)}")
+        opts = list(types[name].rank_options)
+        if r not in opts:
+            raise FineDeployError(f"plan: rank {r} for type {name!r} is not one of its rank options {opts}; {fix}")
+    knobs = sn.spec.widths.get("knobs") or {}
+    for k, w in (plan.subnet.get("widths") or {}).items():
+        if k not in knobs:
+            raise FineDeployError(f"plan: unknown width knob {k!r}; knobs are {', '.join(knobs) or 'none'}")
+        if w not in knobs[k]:
+            raise FineDeployError(f"plan: width {w} for {k!r} is not one of its options {knobs[k]}; {fix}")
+    depth = plan.subnet.get("depth")
+    if depth is not None:
+        opts = list(sn.spec.depth.get("options") or [])
+        if depth not in opts:
+            raise FineDeployError(f"plan: depth {depth} is not one of the supernet's depth options {opts}; {fix}")

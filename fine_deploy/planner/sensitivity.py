@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,12 @@ import torch
 from rich.progress import Progress
 
 from fine_deploy.fileio import atomic_write_json
+from fine_deploy.paths import cache_dir
 
 PROXY_METRIC = "relative_output_mse_random_inputs"
 PROXY_VERSION = 1
 PROXY_BATCH = 4
 PROXY_SEED = 1234
-
-
-def cache_dir() -> Path:
-    """$FINE_DEPLOY_CACHE, else $XDG_CACHE_HOME/fine-deploy, else ~/.cache/fine-deploy."""
-    env = os.environ.get("FINE_DEPLOY_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fine-deploy"
 
 
 def _cache_path(content_hash: str) -> Path:

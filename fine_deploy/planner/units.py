@@ -1,7 +1,8 @@
 """Budgets with units: `4GB`, `3.5GiB`, `512MB`, `20ms`, `2s` -> bytes / seconds, and back for display.
 
 Decimal prefixes (kB, MB, GB, TB) are powers of 1000 and binary ones (KiB, MiB, GiB, TiB) powers of
-1024, as in IEC 80000-13 and the device data sheets; a bare number is bytes / seconds.
+1024, as in IEC 80000-13 and the device data sheets. A memory budget typed as text needs its unit (`4`
+alone is refused: 4 bytes is never what was meant); a Python int is bytes. A bare latency is seconds.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ def _split(text: str, what: str, example: str) -> tuple[float, str]:
 def parse_bytes(text: str | int | float) -> int:
     """'4GB' -> 4_000_000_000, '3.5GiB' -> 3_758_096_384, '512MB', '1024' (bytes)."""
     value, unit = _split(str(text), "memory budget", "4GB, 3.5GiB or 512MB")
+    if not unit and isinstance(text, str):
+        n = text.strip()
+        raise FineDeployError(f"memory budget {text!r} has no unit; give a unit, e.g. {n}GB or {n}GiB")
     scale = _BYTES.get(unit.lower())
     if scale is None:
         raise FineDeployError(

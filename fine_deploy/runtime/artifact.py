@@ -6,7 +6,6 @@ or a directory holding ``manifest.json`` (written by ``fine-deploy export``) or 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,22 +60,19 @@ def resolve_artifact(path: str | Path) -> Artifact:
             f"{path.name} is not a model this tool can run; "
             "use .onnx, .engine/.plan, .mlpackage or an export directory"
         )
+    sibling = path.parent / "manifest.json"
+    if sibling.is_file():  # the model file of an export: its manifest declares shapes and input ranges
+        art = _from_manifest(path.parent, sibling)
+        if art.model == path.resolve():
+            return art
     return Artifact(model=path, format=fmt)
 
 
 def _from_manifest(directory: Path, manifest_path: Path) -> Artifact:
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as e:
-        raise FineDeployError(f"{manifest_path} is not valid JSON ({e}); re-run fine-deploy export") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != 1:
-        raise FineDeployError(
-            f"{manifest_path} has schema {manifest.get('schema') if isinstance(manifest, dict) else None!r}, "
-            "this version reads schema 1; re-export with this fine-deploy"
-        )
-    rel = manifest.get("model")
-    if not isinstance(rel, str) or not rel:
-        raise FineDeployError(f'{manifest_path} names no "model" file; re-run fine-deploy export')
+    from fine_deploy.schemas import read_manifest
+
+    manifest = read_manifest(directory)  # the one manifest reader: kind, schema, fields, shapes, ranges
+    rel = manifest["model"]
     model = (directory / rel).resolve()
     if not model.exists():
         raise FineDeployError(f"{manifest_path} names {rel}, which is missing; re-run fine-deploy export")
@@ -87,13 +83,9 @@ def _from_manifest(directory: Path, manifest_path: Path) -> Artifact:
             "benchmarked here; export with --format onnx, trt or coreml"
         )
     declared: dict[str, tuple[int, ...]] = {}
-    for spec in manifest.get("inputs") or []:
-        shape = spec.get("shape") if isinstance(spec, dict) else None
-        if isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape):
+    for spec in manifest["inputs"]:
+        shape = spec["shape"]
+        if all(isinstance(d, int) and d > 0 for d in shape):
             declared[spec["name"]] = tuple(shape)
-    ranges = {
-        spec["name"]: (int(spec["range"][0]), int(spec["range"][1]))
-        for spec in manifest.get("inputs") or []
-        if isinstance(spec, dict) and isinstance(spec.get("range"), list) and len(spec["range"]) == 2
-    }
+    ranges = {spec["name"]: (spec["range"][0], spec["range"][1]) for spec in manifest["inputs"] if "range" in spec}
     return Artifact(model=model, format=fmt, declared_shapes=declared, declared_ranges=ranges, manifest=manifest)

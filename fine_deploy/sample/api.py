@@ -229,6 +229,10 @@ def _check_args(steps: int, n: int, guidance: float | None, output: Path | None,
         raise FineDeployError(f"-o {output}: the grid is written as PNG; name it *.png")
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise FineDeployError(f"--json {json_path}: name it *.json")
+    from fine_deploy.validate import output_file
+
+    output_file(output, "-o", "grid.png")
+    output_file(json_path, "--json", "sample.json")
 
 
 def sample(

@@ -7,7 +7,7 @@ and the measured costs of each knob value (reconstruction error now; sensitivity
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
@@ -92,16 +92,15 @@ class SupernetSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = SPEC_FILE) -> SupernetSpec:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise FineDeployError(f"{where}: not a fine-deploy supernet (format field missing or wrong)")
-        if d.get("schema") != SCHEMA:
-            raise FineDeployError(
-                f"{where}: schema version {d.get('schema')!r} is not supported (this fine-deploy reads "
-                f"schema {SCHEMA}); re-create the supernet with `fine-deploy convert` or upgrade fine-deploy"
-            )
-        try:
-            d = dict(d)
+        from fine_deploy.schemas import SUPERNET, malformed, validate_supernet_spec
+
+        d = SUPERNET.check(d, where)
+        with malformed(where, SUPERNET.name, SUPERNET.fix):
+            d = {k: v for k, v in d.items() if k in _FIELDS}
             d["types"] = [TypeSpec(**t) for t in d["types"]]
-            return cls(**d)
-        except (KeyError, TypeError) as e:
-            raise FineDeployError(f"{where}: malformed supernet spec ({e}); re-create it") from None
+            spec = cls(**d)
+        validate_supernet_spec(spec, where)
+        return spec
+
+
+_FIELDS = {f.name for f in fields(SupernetSpec)}

@@ -7,15 +7,15 @@ run can be repeated bit for bit on one process.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from fine_deploy.errors import FineDeployError
+from fine_deploy.schemas import RECIPE, is_type, malformed, read_document
 
-SCHEMA = 1
+SCHEMA = RECIPE.schema
 MODES = ("fine", "ofa")
 
 
@@ -77,36 +77,33 @@ class Recipe:
 
     @classmethod
     def from_json(cls, d: Any, where: str) -> Recipe:
-        if not isinstance(d, dict):
-            raise FineDeployError(f"recipe {where}: not a mapping; see fine_deploy/recipes/*.yaml for the layout")
-        if d.get("schema", SCHEMA) != SCHEMA:
-            raise FineDeployError(f"recipe {where}: schema {d.get('schema')!r} is not supported (expected {SCHEMA})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FineDeployError(f"recipe {where}: unknown field(s) {unknown}; known: {', '.join(sorted(known))}")
-        try:
+        where = f"recipe {where}"
+        d = RECIPE.check(d, where)
+        with malformed(where, RECIPE.name, RECIPE.fix):
             d = dict(d)
             d["stages"] = [Stage(**s) for s in d.get("stages") or []]
             r = cls(**d)
-        except TypeError as e:
-            raise FineDeployError(f"recipe {where}: malformed ({e})") from None
+        for s in r.stages:
+            if not is_type(s.steps, int) or not isinstance(s.mode, str):
+                raise FineDeployError(f"{where}: every stage needs a mode name and integer steps")
+        if not isinstance(r.ofa.get("knobs", []), list):
+            raise FineDeployError(f"{where}: ofa.knobs must be a list such as [widths, ranks]")
         if not r.stages:
-            raise FineDeployError(f"recipe {where}: no stages; give at least one {{mode: fine, steps: N}}")
+            raise FineDeployError(f"{where}: no stages; give at least one {{mode: fine, steps: N}}")
         for s in r.stages:
             if s.mode not in MODES:
-                raise FineDeployError(f"recipe {where}: stage mode {s.mode!r} is not one of {', '.join(MODES)}")
+                raise FineDeployError(f"{where}: stage mode {s.mode!r} is not one of {', '.join(MODES)}")
             if s.steps < 0:
-                raise FineDeployError(f"recipe {where}: stage steps {s.steps} is negative")
+                raise FineDeployError(f"{where}: stage steps {s.steps} is negative")
         from fine_deploy.backbones import SUPPORTED_BACKBONES, adapter_for
 
         if r.backbone not in SUPPORTED_BACKBONES:
             raise FineDeployError(
-                f"recipe {where}: backbone {r.backbone} is not supported; use one of {', '.join(SUPPORTED_BACKBONES)}"
+                f"{where}: backbone {r.backbone} is not supported; use one of {', '.join(SUPPORTED_BACKBONES)}"
             )
         nested_widths = "widths" in r.ofa.get("knobs", [])
         if any(s.mode == "ofa" for s in r.stages) and not adapter_for(r.backbone).width_knob and nested_widths:
-            raise FineDeployError(f"recipe {where}: OFA width nesting needs a backbone with a width knob "
+            raise FineDeployError(f"{where}: OFA width nesting needs a backbone with a width knob "
                                   f"({r.backbone} has none); drop 'widths' from ofa.knobs")
         return r
 
@@ -121,8 +118,6 @@ def list_recipes() -> list[str]:
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A shipped recipe by name (`dit-digits`) or a YAML/JSON file path."""
-    import yaml
-
     p = Path(name_or_path)
     if not p.is_file():
         p = recipes_dir() / f"{name_or_path}.yaml"
@@ -130,9 +125,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
         raise FineDeployError(
             f"no recipe {str(name_or_path)!r}; shipped recipes: {', '.join(list_recipes())} (or pass a YAML/JSON path)"
         )
-    try:
-        text = p.read_text()
-        d = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise FineDeployError(f"recipe {p}: not valid {p.suffix.lstrip('.').upper() or 'YAML'} ({e})") from None
+    d = read_document(p, "recipe", missing=RECIPE.fix, invalid=RECIPE.fix,
+                      text="json" if p.suffix == ".json" else "yaml")
     return Recipe.from_json(d, str(p))
