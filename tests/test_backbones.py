@@ -249,3 +249,30 @@ def test_text_conditioned_cli_flow_onnx_matches_the_stock_diffusers_folder(name,
     import diffusers
 
     assert isinstance(getattr(diffusers, sched_cls).from_pretrained(tmp_path / "diff" / "scheduler"), SchedulerMixin)
+
+
+def test_sdxl_added_conditions_are_inputs_of_their_own(tmp_path):
+    """SDXL's added_cond_kwargs (text_embeds, time_ids) become flat graph inputs under diffusers' key names."""
+    import onnxruntime as ort
+
+    from fine_deploy.export.io_names import export_inputs, run_torch
+    from fine_deploy.export.onnx_export import export_onnx
+
+    cfg = {**TINY["UNet2DConditionModel"], "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
+           "projection_class_embeddings_input_dim": 8 * 6 + 20}
+    torch.manual_seed(0)
+    model = adapter_for("UNet2DConditionModel").model_class()(**cfg).eval()
+    sn = model_to_supernet(model)
+    ad = sn.adapter
+    inputs = export_inputs(ad, sn.spec.config, 1)
+    assert list(inputs) == ["sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"]
+    assert inputs["text_embeds"].shape == (1, 20) and inputs["time_ids"].shape == (1, 6)
+    with torch.no_grad():
+        kw = {k: v for k, v in inputs.items() if k not in ("text_embeds", "time_ids")}
+        stock = model(**kw, added_cond_kwargs={"text_embeds": inputs["text_embeds"],
+                                               "time_ids": inputs["time_ids"]}).sample
+    assert rel(run_torch(sn.subnet(), inputs, ad), stock) <= 1e-5
+    files = export_onnx(sn.subnet(), inputs, tmp_path / "m.onnx", adapter=ad)
+    sess = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
+    assert np.linalg.norm(out - stock.numpy()) / np.linalg.norm(stock.numpy()) <= 1e-4
