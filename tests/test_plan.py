@@ -234,3 +234,30 @@ def test_end_to_end_calibration_applies_its_line(dit_supernet, tmp_path):
     assert b.predicted["latency_s"] == pytest.approx(2.0 * a.predicted["latency_s"] + 1e-4, rel=1e-6)
     assert b.predicted["cost_model"]["end_to_end_calibration"] is True
     assert a.profile["lut_sha256"] != b.profile["lut_sha256"]
+
+
+@pytest.mark.parametrize("which", ["dit", "unet"])
+def test_proxy_over_its_time_budget_measures_less_and_fills_every_value(which, request):
+    """At published sizes measuring every knob value takes minutes: the proxy then measures one rank per type
+    (others scaled along the type's reconstruction error) and the ends and middle of depth/width ranges."""
+    from fine_deploy.planner.sensitivity import _usable, proxy_sensitivity
+    from fine_deploy.supernet.core import load_supernet
+
+    sn = load_supernet(request.getfixturevalue(f"{which}_supernet"))
+    exact = proxy_sensitivity(sn, progress=False)
+    cheap = proxy_sensitivity(sn, progress=False, budget_s=0.0)
+    assert exact["measured"]["every_value"] and not cheap["measured"]["every_value"]
+    assert cheap["measured"]["jobs"] < exact["measured"]["jobs"] and _usable(cheap, sn)
+    assert cheap["inputs"]["batch"] == 1
+    assert cheap["inputs"]["resolution"] == (None if which == "dit" else 4)  # a UNet runs at a quarter side
+    for t in sn.types:
+        got = cheap["ranks"][t.name]
+        errs = [got[str(r)] for r in t.rank_options]
+        assert errs[-1] == 0.0 and all(a >= b for a, b in zip(errs, errs[1:], strict=False)), (t.name, errs)
+        rest = [r for r in t.rank_options if r != t.max_rank]
+        mid = rest[len(rest) // 2]
+        w = t.reconstruction_error
+        for r in rest:  # loss ∝ weight error² through the one measured point
+            assert got[str(r)] == pytest.approx(got[str(mid)] * w[str(r)] ** 2 / w[str(mid)] ** 2, rel=1e-9)
+    if which == "dit":
+        assert set(cheap["depth"]) == {str(d) for d in sn.spec.depth["options"]}

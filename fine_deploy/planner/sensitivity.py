@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from fine_deploy.fileio import atomic_write_json
 from fine_deploy.paths import cache_dir
 
 PROXY_METRIC = "relative_output_mse_random_inputs"
-PROXY_VERSION = 1
+PROXY_VERSION = 2
 PROXY_BATCH = 4
 PROXY_SEED = 1234
+PROXY_BUDGET_S = 20.0  # above this, the proxy measures fewer values (see proxy_sensitivity)
 
 
 def _cache_path(content_hash: str) -> Path:
@@ -77,20 +79,65 @@ def one_thread():
         torch.set_num_threads(n)
 
 
-def proxy_sensitivity(sn, *, batch: int = PROXY_BATCH, seed: int = PROXY_SEED, progress: bool = True) -> dict[str, Any]:
-    with one_thread():
-        return _proxy(sn, batch, seed, progress)
-
-
-def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
+def proxy_sensitivity(sn, *, batch: int = PROXY_BATCH, seed: int = PROXY_SEED, progress: bool = True,
+                      budget_s: float = PROXY_BUDGET_S) -> dict[str, Any]:
     """The sensitivity table layout of `spec.sensitivity`, filled by the random-input proxy.
 
     A rank value is measured by folding only that type at that rank into the full model (and putting
-    the weights back): one model build for every rank of every type instead of one each.
+    the weights back): one model build for every rank of every type instead of one each. When measuring
+    every knob value would take longer than `budget_s` (published sizes: a 0.7B forward alone takes
+    seconds), the proxy shrinks what it runs, in this order, and records each step in `measured`:
+    the adapter's proxy resolution (UNets at a quarter of their side), batch 1, every torch thread, then
+    one rank per type with the others scaled along that type's measured reconstruction error
+    (loss ∝ relative weight error², the small-perturbation law), and the depth/width values at the ends
+    and middle of their range with the others interpolated linearly.
     """
     ad = sn.adapter
-    inputs = ad.example_inputs(sn.spec.config, batch, None, seed)
-    model = sn.subnet(sn.full_config())
+    n_jobs = len(_knob_configs(sn))
+
+    def forward_seconds(res: int | None) -> float:
+        probe = ad.example_inputs(sn.spec.config, 1, res, seed)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ad.run(model, probe)
+        return time.perf_counter() - t0
+
+    with one_thread():
+        model = sn.subnet(sn.full_config())
+        forward_s = forward_seconds(None)
+    if forward_s * batch * n_jobs <= budget_s:  # small models: every value, as always
+        with one_thread():
+            return _proxy(sn, model, batch, None, seed, progress, True, forward_s)
+    res = ad.proxy_resolution(sn.spec.config)
+    if res is not None:
+        forward_s = forward_seconds(res)
+    return _proxy(sn, model, 1, res, seed, progress, forward_s * n_jobs <= budget_s, forward_s)
+
+
+def _sampled(values: list[int], full_value: int) -> list[int]:
+    """The values a reduced proxy measures: both ends and the middle of the non-full range."""
+    rest = sorted(v for v in values if v != full_value)
+    return sorted({rest[0], rest[len(rest) // 2], rest[-1]}) if rest else []
+
+
+def _interpolate(points: dict[int, float], values: list[int]) -> dict[str, float]:
+    xs = sorted(points)
+    out = {}
+    for v in values:
+        if v in points:
+            out[str(v)] = points[v]
+            continue
+        hi = next(x for x in xs if x > v)
+        lo = max((x for x in xs if x < v), default=hi)
+        w = 0.0 if hi == lo else (v - lo) / (hi - lo)
+        out[str(v)] = (1 - w) * points[lo] + w * points[hi]
+    return out
+
+
+def _proxy(sn, model, batch: int, res: int | None, seed: int, progress: bool, full: bool,
+           forward_s: float) -> dict[str, Any]:
+    ad = sn.adapter
+    inputs = ad.example_inputs(sn.spec.config, batch, res, seed)
     with torch.no_grad():
         y_full = ad.run(model, inputs).double()
     denom = float((y_full**2).sum()) or 1.0
@@ -100,18 +147,31 @@ def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
             y = ad.run(net, inputs).double()
         return float(((y - y_full) ** 2).sum()) / denom
 
+    types = {t.name: t for t in sn.types}
+    jobs = _knob_configs(sn)
+    if not full:
+        keep = {}
+        for t in sn.types:  # the middle non-full option; scaled to the others by reconstruction error
+            rest = [r for r in t.rank_options if r != t.max_rank]
+            if rest and all(str(r) in t.reconstruction_error for r in rest):
+                keep[t.name] = rest[len(rest) // 2]
+        sampled = {"depth": _sampled(sn.spec.depth.get("options") or [], sn.spec.depth.get("full"))}
+        for k, values in (sn.spec.widths.get("knobs") or {}).items():
+            sampled[k] = _sampled(values, max(values))
+        jobs = [j for j in jobs if (j[0] == "ranks" and keep.get(j[1], j[2]) == j[2])
+                or (j[0] != "ranks" and j[2] in sampled[j[1]])]
     table: dict[str, Any] = {
         "metric": PROXY_METRIC,
         "baseline": 0.0,
         "proxy": True,
         "proxy_version": PROXY_VERSION,
-        "inputs": {"batch": batch, "seed": seed},
+        "inputs": {"batch": batch, "seed": seed, "resolution": res},
+        "measured": {"every_value": full, "forward_s": round(forward_s, 4), "jobs": len(jobs),
+                     "budget_s": PROXY_BUDGET_S},
         "ranks": {t.name: {str(t.max_rank): 0.0} for t in sn.types},
         "widths": {k: {str(max(v)): 0.0} for k, v in (sn.spec.widths.get("knobs") or {}).items()},
         "depth": {str(sn.spec.depth["full"]): 0.0} if sn.spec.depth.get("options") else {},
     }
-    jobs = _knob_configs(sn)
-    types = {t.name: t for t in sn.types}
     with Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("quality proxy (random inputs)", total=len(jobs))
         for section, knob, value, cfg in jobs:
@@ -129,6 +189,20 @@ def _proxy(sn, batch: int, seed: int, progress: bool) -> dict[str, Any]:
                 else:
                     table["widths"][knob][str(value)] = e
             bar.advance(task)
+    if not full:
+        for t in sn.types:
+            got = table["ranks"][t.name]
+            if len(got) == len(t.rank_options):
+                continue
+            (r0, e0), = ((int(k), v) for k, v in got.items() if int(k) != t.max_rank)
+            w0 = t.reconstruction_error[str(r0)] ** 2 or 1e-30
+            for r in t.rank_options:
+                if r != t.max_rank:
+                    got[str(r)] = e0 * t.reconstruction_error[str(r)] ** 2 / w0
+        if table["depth"]:
+            table["depth"] = _interpolate({int(k): v for k, v in table["depth"].items()}, sn.spec.depth["options"])
+        for k, values in (sn.spec.widths.get("knobs") or {}).items():
+            table["widths"][k] = _interpolate({int(w): v for w, v in table["widths"][k].items()}, values)
     return table
 
 
