@@ -9,6 +9,7 @@ with their tensors in one external `.onnx.data` file next to the graph.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -92,15 +93,16 @@ def export_onnx(
 
     check_opset(opset)
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.trace")
+    # a folder of its own: above 2 GB the exporter writes one external file per tensor beside the graph
+    trace_dir = path.with_name(f".{path.name}.trace")
+    trace_dir.mkdir(parents=True, exist_ok=True)
     try:
-        proto = _to_model(model, inputs, opset, dynamic_batch, tmp, adapter)
+        proto = _to_model(model, inputs, opset, dynamic_batch, trace_dir / "model.onnx", adapter)
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # unsupported op at this opset
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None
     finally:
-        for p in tmp.parent.glob(f"{tmp.name}*"):
-            p.unlink()
+        shutil.rmtree(trace_dir, ignore_errors=True)
     if fp16:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -108,10 +110,8 @@ def export_onnx(
         _toposort(proto.graph)  # the converter appends its input casts at the end of the node list
     proto.producer_name = "fine-deploy"
     files = [path]
-    try:
-        size = proto.ByteSize()
-    except ValueError:  # protobuf may refuse to size a message over 2 GB
-        size = PROTOBUF_LIMIT + 1
+    # counted from the tensors, not ByteSize(): protobuf refuses to size (or serialise) a message over 2 GB
+    size = sum(len(t.raw_data) or 4 * len(t.float_data) for t in proto.graph.initializer) + (1 << 20)
     large = size > min(external_data_threshold, PROTOBUF_LIMIT)
     if large:
         data = f"{path.name}.data"
