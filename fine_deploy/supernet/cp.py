@@ -42,10 +42,10 @@ _RACE_ITERS = 3
 _POWER_ITERS = 1
 # Compressed subspace size: rank + max(rank // 2, _MIN_OVERSAMPLE) columns per mode.
 _MIN_OVERSAMPLE = 8
-# Above this many tensor entries the two ALS GEMMs per sweep (the whole cost at published sizes) run in
-# float32, about 2.3x faster on a CPU; their rounding (~1e-5 relative) is far below what such fits reach,
-# and the Gram solves, errors and ordering stay float64. Small tensors, which can fit near-exactly, keep
-# float64 throughout.
+# Above this many tensor entries the GEMMs with the whole stack (two per ALS sweep, one per error or σ
+# solve: nearly all the cost at published sizes) run in float32, about 2.3x faster on a CPU; their rounding
+# (~1e-5 relative) is far below what such fits reach, and the Gram solves and the ordering stay float64.
+# Small tensors, which can fit near-exactly, keep float64 throughout.
 _FP32_GEMM_ENTRIES = 1 << 24
 
 
@@ -354,7 +354,10 @@ def _block_start(X: torch.Tensor, R: int):
 def _layer_inner(X: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """M[l, i] = u_iᵀ X_l v_i, with one GEMM over all layers."""
     L, a, b = X.shape
-    T = (X.reshape(L * a, b) @ V).reshape(L, a, -1)
+    if X.numel() > _FP32_GEMM_ENTRIES:  # see _FP32_GEMM_ENTRIES
+        T = (X.reshape(L * a, b).float() @ V.float()).double().reshape(L, a, -1)
+    else:
+        T = (X.reshape(L * a, b) @ V).reshape(L, a, -1)
     return torch.einsum("lar,ar->lr", T, U)
 
 
