@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -84,11 +85,9 @@ def run_model(key: str, work: Path, mem: str, old: dict | None = None) -> dict:
         torch.manual_seed(0)
         model = bb.adapter_for(cls_name).model_class()(**cfg)
         model.save_pretrained(src, safe_serialization=True)
-        n_params = sum(p.numel() for p in model.parameters())
         del model
-    else:
-        n_params = None
     build_s = time.perf_counter() - t0
+    n_params = source_parameters(src)
     cache = d / "cache"
     env = {**os.environ, "FINE_DEPLOY_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     out: dict = {"model": key, "class": cls_name, "config": cfg, "params": n_params, "build_s": round(build_s, 1),
@@ -102,7 +101,6 @@ def run_model(key: str, work: Path, mem: str, old: dict | None = None) -> dict:
             return out
     elif old and "convert" in old.get("steps", {}):  # the supernet of that run is reused
         s["convert"] = old["steps"]["convert"]
-        out["params"] = out["params"] or old.get("params")
     print(f"[{key}] plan (cold) ...", flush=True)
     if cache.exists():
         import shutil
@@ -151,6 +149,18 @@ def run_model(key: str, work: Path, mem: str, old: dict | None = None) -> dict:
     out["load_after"] = os.getloadavg()[0]
     out["meets"] = verdict(out)
     return out
+
+
+def source_parameters(src: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in src.glob("*.safetensors"):
+        with safe_open(str(f), framework="np") as h:
+            for k in h.keys():
+                shape = h.get_slice(k).get_shape()
+                n += math.prod(shape)
+    return n
 
 
 def record_export(out: dict, exp: Path, which: str) -> None:
