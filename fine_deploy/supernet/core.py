@@ -42,10 +42,6 @@ class SubnetConfig:
         return cls(dict(d.get("ranks") or {}), dict(d.get("widths") or {}), d.get("depth"))
 
 
-def backbone_class(name: str) -> type:
-    return adapter_for(name).model_class()
-
-
 def basis_names(t: str) -> tuple[str, str]:
     return f"basis.{t}.U", f"basis.{t}.V"
 
@@ -87,8 +83,9 @@ def _renormalised(srcs: list[tuple[str, float]]) -> tuple[tuple[str, float], ...
 
 
 def fold(U: torch.Tensor, V: torch.Tensor, sigma: torch.Tensor, r: int) -> torch.Tensor:
-    """Dense matrix U_r · diag(σ_r) · V_rᵀ in the factors' precision (float32): at published sizes a float64
-    fold of every weight costs about a minute per subnet, and float32 keeps outputs within ~1e-6."""
+    """Dense matrix U_r · diag(σ_r) · V_rᵀ: the one fold, used by subnets, training (differentiably),
+    the quality proxy and export's dense layers, in the factors' precision (float32): at published sizes a float64
+    fold of every weight dominates building a subnet, and float32 rounding stays far below export parity."""
     return (U[:, :r] * sigma[:r]) @ V[:, :r].T
 
 

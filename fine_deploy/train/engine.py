@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from fine_deploy.supernet.core import Layout, SubnetConfig, Supernet, basis_names
+from fine_deploy.supernet.core import Layout, SubnetConfig, Supernet, basis_names, fold
 
 
 def _key(name: str) -> str:
@@ -115,8 +115,7 @@ class TrainableSupernet(nn.Module):
             t = kinds[ms.type]
             r = int(config.ranks.get(t.name, t.max_rank))
             U, V = self.basis(t.name)
-            s = sum(w * self.sigmas[_key(n)][:r] for n, w in ms.sigma)
-            W = (U[:, :r] * s) @ V[:, :r].T
+            W = fold(U, V, sum(w * self.sigmas[_key(n)][:r] for n, w in ms.sigma), r)
             for module, a, b in ms.parts:
                 w = W[a:b]
                 if t.kind == "conv":
