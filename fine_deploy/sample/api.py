@@ -301,6 +301,10 @@ def sample(
         "model": src.denoiser.describe(), "steps": steps, "seed": seed, "seeds": [seed + i for i in range(n)],
         "n": n, "sampler": sampler, "scheduler": src.schedule.to_json(), "guidance_scale": g,
         "labels": None if lab is None else lab.tolist(), "image_shape": list(images.shape[1:]),
+        # a latent denoiser exported alone has no VAE to decode with, nor a text encoder: its samples are
+        # latents, conditioned on seeded stand-in embeddings (whole pipelines: convert a pipeline folder)
+        "space": "latent" if info.latent else "pixel",
+        "conditioning": sorted(info.conditions) or None,
         "seconds": seconds, "output": str(output) if output else None,
     }
     full_images = outs.get("full")
