@@ -146,6 +146,40 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+RECENT_S = 5.0  # files changed this recently are never served a remembered hash
+
+
+def sha256_file_remembered(path: str | os.PathLike) -> str:
+    """sha256 of a large file that is read again and again (a supernet's weights at every command),
+    hashed once per (path, inode, size, mtime, ctime): re-reading gigabytes took longer than a warm plan.
+    A write changes mtime and ctime; a file written in the last few seconds is always hashed afresh, since
+    two writes inside one timestamp tick could otherwise share a key."""
+    import time
+
+    from fine_deploy.paths import cache_dir
+
+    p = Path(path).resolve()
+    st = p.stat()
+    if time.time() - max(st.st_mtime, st.st_ctime) < RECENT_S:
+        return sha256_file(p)
+    key = f"{p}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+    book = cache_dir() / "file-hashes.json"
+    try:
+        known = json.loads(book.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), str):
+        return known[key]
+    digest = sha256_file(p)
+    known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if not k.startswith(f"{p}|")}
+    known[key] = digest
+    try:
+        atomic_write_json(book, known)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return digest
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

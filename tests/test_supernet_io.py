@@ -123,3 +123,31 @@ def test_subnet_save_pretrained_loads_with_stock_diffusers(dit_supernet, tmp_pat
     assert (run(stock, dit_inputs()) - run(sub, dit_inputs())).abs().max() <= 1e-6
     cfg = json.loads((tmp_path / "sub" / "config.json").read_text())
     assert cfg["_class_name"] == "DiTTransformer2DModel" and cfg["num_layers"] == 3
+
+
+def test_weights_hash_is_remembered_until_the_file_changes(dit_supernet, tmp_path, monkeypatch):
+    import shutil
+
+    from fine_deploy import fileio
+
+    w = tmp_path / "weights.safetensors"
+    shutil.copy(dit_supernet / "weights.safetensors", w)
+    real = fileio.sha256_file
+    monkeypatch.setattr(fileio, "RECENT_S", 0.0)
+    first = fileio.sha256_file_remembered(w)
+    assert first == real(w)
+
+    def no_reading(path, chunk=0):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(fileio, "sha256_file", no_reading)
+    assert fileio.sha256_file_remembered(w) == first  # remembered: the file was not read
+    with open(w, "r+b") as f:  # same size, new bytes: mtime/ctime move
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(AssertionError, match="hashed again"):
+        fileio.sha256_file_remembered(w)
+    monkeypatch.setattr(fileio, "sha256_file", real)
+    assert fileio.sha256_file_remembered(w) == real(w) != first

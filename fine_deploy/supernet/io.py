@@ -14,7 +14,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_directory, atomic_write_json, read_json, sha256_file
+from fine_deploy.fileio import atomic_directory, atomic_write_json, read_json, sha256_file, sha256_file_remembered
 from fine_deploy.supernet.spec import SPEC_FILE, WEIGHTS_FILE, SupernetSpec
 
 
@@ -51,7 +51,7 @@ def read_tensors(path: Path, spec: SupernetSpec) -> dict[str, torch.Tensor]:
             tensors = {name: f.get_tensor(name) for name in spec.tensors}
     except SafetensorError as e:
         raise FineDeployError(f"{wpath}: unreadable safetensors file (truncated or corrupt: {e}); {fix}") from None
-    if spec.weights_sha256 and sha256_file(wpath) != spec.weights_sha256:
+    if spec.weights_sha256 and sha256_file_remembered(wpath) != spec.weights_sha256:
         raise FineDeployError(f"{wpath}: content hash differs from the one in {SPEC_FILE} (modified or corrupt); {fix}")
     return tensors
 
