@@ -276,3 +276,20 @@ def test_sdxl_added_conditions_are_inputs_of_their_own(tmp_path):
     sess = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
     out = sess.run(None, {k: v.numpy() for k, v in inputs.items()})[0]
     assert np.linalg.norm(out - stock.numpy()) / np.linalg.norm(stock.numpy()) <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_resolutions_the_adapter_allows_run_and_others_are_refused(name, converted):
+    _, sn = converted(name)
+    ad, cfg = sn.adapter, sn.spec.config
+    exact, allowed, step, top = ad.resolution_options(cfg)
+    if exact is not None:
+        with pytest.raises(FineDeployError, match=f"use {cfg['sample_size']} only"):
+            ad.check_resolution(cfg, 2 * cfg["sample_size"])
+        return
+    res = ad.check_resolution(cfg, 2 * step if 2 * step != cfg["sample_size"] else 4 * step)
+    with torch.no_grad():
+        out = ad.run(sn.subnet(), ad.example_inputs(cfg, 1, res))
+    assert out.shape[-2:] == (res, res)
+    with pytest.raises(FineDeployError, match="not allowed"):
+        ad.check_resolution(cfg, top + step)

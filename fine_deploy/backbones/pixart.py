@@ -34,7 +34,12 @@ class PixArtAdapter(Adapter):
 
     def knob_notes(self) -> dict[str, str]:
         return {"rank": "every factorised type", "depth": "num_layers (σ interpolated along depth)",
-                "width": "none: one hidden width for every block (adaLN-single's table is shared by all)"}
+                "width": "none: one hidden width for every block (adaLN-single's table is shared by all)",
+                "resolution": "any multiple of the patch size up to 4x sample_size (one export per size)"}
+
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        # PixArt's patch embedding recomputes its sin-cos table for other sizes (its aspect-ratio buckets)
+        return self.strided_resolutions(config, int(config["patch_size"]))
 
     def _additional(self, config: dict[str, Any]) -> bool:
         extra = config.get("use_additional_conditions")
