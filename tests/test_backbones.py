@@ -293,3 +293,11 @@ def test_resolutions_the_adapter_allows_run_and_others_are_refused(name, convert
     assert out.shape[-2:] == (res, res)
     with pytest.raises(FineDeployError, match="not allowed"):
         ad.check_resolution(cfg, top + step)
+
+
+def test_training_refuses_an_objective_it_does_not_implement(converted):
+    from fine_deploy.train.engine import TrainableSupernet
+
+    _, sn = converted("SD3Transformer2DModel")
+    with pytest.raises(FineDeployError, match="flow_matching objective\\) is not supported yet"):
+        TrainableSupernet(sn)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fine_deploy.errors import FineDeployError
 from fine_deploy.supernet.core import Layout, SubnetConfig, Supernet, basis_names, fold
 
 
@@ -32,6 +33,9 @@ class TrainableSupernet(nn.Module):
         super().__init__()
         from diffusers import DDPMScheduler
 
+        if sn.adapter.objective != "epsilon":  # the loss below is ε-prediction MSE under a DDPM schedule
+            raise FineDeployError(f"training a {sn.spec.backbone} ({sn.adapter.objective} objective) is not "
+                                  "supported yet; plan and export it, or train an ε-prediction backbone")
         self.spec = sn.spec
         self.bases = nn.ParameterDict()
         self.sigmas = nn.ParameterDict()
