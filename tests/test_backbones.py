@@ -301,3 +301,6 @@ def test_training_refuses_an_objective_it_does_not_implement(converted):
     _, sn = converted("SD3Transformer2DModel")
     with pytest.raises(FineDeployError, match="flow_matching objective\\) is not supported yet"):
         TrainableSupernet(sn)
+    _, sn = converted("PixArtTransformer2DModel")
+    with pytest.raises(FineDeployError, match="needs prompt embeddings"):
+        TrainableSupernet(sn)

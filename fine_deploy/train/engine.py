@@ -36,6 +36,9 @@ class TrainableSupernet(nn.Module):
         if sn.adapter.objective != "epsilon":  # the loss below is ε-prediction MSE under a DDPM schedule
             raise FineDeployError(f"training a {sn.spec.backbone} ({sn.adapter.objective} objective) is not "
                                   "supported yet; plan and export it, or train an ε-prediction backbone")
+        if sn.adapter.conditioning == "text":  # the data loaders read images and class labels only
+            raise FineDeployError(f"training a {sn.spec.backbone} needs prompt embeddings, which fine-deploy's "
+                                  "training does not read yet; plan and export it as converted")
         self.spec = sn.spec
         self.bases = nn.ParameterDict()
         self.sigmas = nn.ParameterDict()
