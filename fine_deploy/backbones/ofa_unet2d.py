@@ -61,9 +61,6 @@ class ChannelGroup:
     size: int
     unit: int  # channels scored together: attention_head_dim for q/k/v -> out pipes, else 1
     members: tuple[ChannelMember, ...]
-    # "contiguous": a unit is `unit` consecutive channels (a whole head: UNet attention loses heads);
-    # "strided": a unit is one within-head offset across every head (DiT pipes keep heads, shrink head_dim)
-    pooling: str = "contiguous"
 
 
 # --- model checks and knobs --------------------------------------------------------------------------
@@ -343,12 +340,10 @@ def _axis_sums(values: dict[str, torch.Tensor], groups: list[ChannelGroup]) -> d
 
 
 def _pool_units(scores: torch.Tensor, group: ChannelGroup) -> torch.Tensor:
-    """Give every channel of a unit the unit's total, so that an order keeps units whole."""
+    """Give every channel of a unit (`unit` consecutive channels: UNet attention loses whole heads) the
+    unit's total, so that an order keeps units whole."""
     if group.unit <= 1:
         return scores
-    if group.pooling == "strided":
-        per_offset = scores.reshape(-1, group.unit).sum(dim=0)
-        return per_offset.repeat(group.size // group.unit)
     return scores.reshape(-1, group.unit).sum(dim=1).repeat_interleave(group.unit)
 
 

@@ -42,12 +42,16 @@ def resnet_matrices(model: nn.Module, path: str, mod: nn.Module, stage: str) -> 
     return []
 
 
-class UNet2DAdapter(Adapter):
-    class_name = "UNet2DModel"
+class StagedUNet(Adapter):
+    """What the diffusers UNets share: modules typed per (stage, role), and sides in multiples of the total
+    down-sampling. Subclasses say which modules of a stage are attention (`attention_at`)."""
+
     component = "unet"
     sample_input = "sample"
-    pipeline = "DDIMPipeline"
-    width_knob = True
+
+    def attention_at(self, model: nn.Module, path: str, stage: str) -> list[Found] | None:
+        """The matrices of an attention module at `path`; None where `path` is no attention module."""
+        raise NotImplementedError
 
     def matrices(self, model: nn.Module) -> list[Found]:
         out: list[Found] = []
@@ -55,23 +59,32 @@ class UNet2DAdapter(Adapter):
             stage = unet_stage(path)
             if not stage:
                 continue
-            if path.endswith(".to_q"):
-                base = path[: -len(".to_q")]
-                m, shape = stack(model, f"{base}.qkv", [f"{base}.to_q", f"{base}.to_k", f"{base}.to_v"])
-                out.append((f"{stage}.qkv", m, shape))
-            elif path.endswith(".to_out.0") and re.search(r"attentions\.\d+\.to_out\.0$", path):
-                m, shape = stack(model, path, [path])
-                out.append((f"{stage}.attn_out", m, shape))
-            else:
-                out += resnet_matrices(model, path, mod, stage)
+            found = self.attention_at(model, path, stage)
+            out += found if found is not None else resnet_matrices(model, path, mod, stage)
         return out
+
+    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
+        return self.strided_resolutions(config, 2 ** (len(config["block_out_channels"]) - 1))
+
+
+class UNet2DAdapter(StagedUNet):
+    class_name = "UNet2DModel"
+    pipeline = "DDIMPipeline"
+    width_knob = True
+
+    def attention_at(self, model: nn.Module, path: str, stage: str) -> list[Found] | None:
+        if path.endswith(".to_q"):
+            base = path[: -len(".to_q")]
+            m, shape = stack(model, f"{base}.qkv", [f"{base}.to_q", f"{base}.to_k", f"{base}.to_v"])
+            return [(f"{stage}.qkv", m, shape)]
+        if re.search(r"attentions\.\d+\.to_out\.0$", path):
+            m, shape = stack(model, path, [path])
+            return [(f"{stage}.attn_out", m, shape)]
+        return None
 
     def knob_notes(self) -> dict[str, str]:
         return {"rank": "every factorised type", "width": "block_out_channels of stages ≥ 1 (OFA-Diffusion orders)",
                 "depth": "none: layers_per_block is one value for every stage and sets the skip connections"}
-
-    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
-        return self.strided_resolutions(config, 2 ** (len(config["block_out_channels"]) - 1))
 
     def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])

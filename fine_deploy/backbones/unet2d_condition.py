@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from fine_deploy.backbones.base import Adapter, Found, InputSpec, attention_matrices, single
-from fine_deploy.backbones.unet2d import resnet_matrices, unet_stage
+from fine_deploy.backbones.base import Found, InputSpec, attention_matrices, single
+from fine_deploy.backbones.unet2d import StagedUNet
 
 _BLOCK_ATTN = re.compile(r"attentions\.\d+\.transformer_blocks\.\d+\.(attn1|attn2)$")
 _PROJ = re.compile(r"attentions\.\d+\.(proj_in|proj_out)$")
@@ -22,39 +22,27 @@ _FF = re.compile(r"attentions\.\d+\.transformer_blocks\.\d+\.ff\.net\.(0\.proj|2
 TEXT_TOKENS = 77  # CLIP's context length
 
 
-class UNet2DConditionAdapter(Adapter):
+class UNet2DConditionAdapter(StagedUNet):
     class_name = "UNet2DConditionModel"
-    component = "unet"
-    sample_input = "sample"
     conditioning = "text"
     latent = True
     pipeline = "StableDiffusionPipeline"
     components = ("text_encoder", "tokenizer", "vae", "scheduler")
 
-    def matrices(self, model: nn.Module) -> list[Found]:
-        out: list[Found] = []
-        for path, mod in model.named_modules():
-            stage = unet_stage(path)
-            if not stage:
-                continue
-            if _BLOCK_ATTN.search(path):
-                out += attention_matrices(model, path, prefix=f"{stage}.")
-            elif m := _PROJ.search(path):
-                out.append(single(model, f"{stage}.{m.group(1)}", path))
-            elif m := _FF.search(path):
-                out.append(single(model, f"{stage}.{'fc1' if m.group(1) == '0.proj' else 'fc2'}", path))
-            elif "attentions." not in path:
-                out += resnet_matrices(model, path, mod, stage)
-        return out
+    def attention_at(self, model: nn.Module, path: str, stage: str) -> list[Found] | None:
+        if _BLOCK_ATTN.search(path):
+            return attention_matrices(model, path, prefix=f"{stage}.")
+        if m := _PROJ.search(path):
+            return [single(model, f"{stage}.{m.group(1)}", path)]
+        if m := _FF.search(path):
+            return [single(model, f"{stage}.{'fc1' if m.group(1) == '0.proj' else 'fc2'}", path)]
+        return None
 
     def knob_notes(self) -> dict[str, str]:
         return {"rank": "every factorised type (self/cross attention, feed-forward, resnet convs)",
                 "depth": "none: layers_per_block also sets the skip connections of the up path",
                 "width": "none yet: the OFA slicer handles UNet2DModel stages; cross-attention stages are not "
                          "sliced by it"}
-
-    def resolution_options(self, config: dict[str, Any]) -> tuple[list[int] | None, str, int, int]:
-        return self.strided_resolutions(config, 2 ** (len(config["block_out_channels"]) - 1))
 
     def text_dims(self, config: dict[str, Any]) -> int:
         d = config["cross_attention_dim"]

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.supernet.core import Layout, SubnetConfig, Supernet, basis_names, fold
+from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names, fold
 
 
 def _key(name: str) -> str:
@@ -80,9 +80,6 @@ class TrainableSupernet(nn.Module):
         knobs = self.spec.widths.get("knobs") or {}
         return tuple(sorted((k, int(w)) for k, w in config.widths.items() if w != max(knobs[k])))
 
-    def _plan(self, depth: int | None) -> Layout:
-        return self._layouts.layout(depth)
-
     def _skeleton(self, depth: int | None, widths: tuple[tuple[str, int], ...]) -> nn.Module:
         key = (depth, widths)
         if key not in self._skeletons:
@@ -100,8 +97,7 @@ class TrainableSupernet(nn.Module):
 
     def invalidate(self) -> None:
         """Forget cached skeletons and index maps (after the channel orders changed)."""
-        self._skeletons.clear()
-        self._layouts._layouts.clear()
+        self._skeletons.clear()  # layouts stay: they depend on depth and types, not on channel orders
         self._index_maps.clear()
 
     # --- the differentiable subnet ------------------------------------------------------------------
@@ -115,7 +111,7 @@ class TrainableSupernet(nn.Module):
     def state(self, config: SubnetConfig) -> dict[str, torch.Tensor]:
         """Parameters of the subnet's stock module, as functions of the supernet's parameters."""
         depth = self._depth(config)
-        layout = self._plan(depth)
+        layout = self._layouts.layout(depth)
         out = {name: self.dense[_key(src)] for name, src in layout.dense}
         kinds = {t.name: t for t in self.spec.types}
         for ms in layout.matrices:
