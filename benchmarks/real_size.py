@@ -67,7 +67,9 @@ def step(args: list[str], env: dict[str, str], log: Path) -> dict:
     log.write_text(res.stdout + "\n--- stderr ---\n" + res.stderr)
     rss = next((int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("MAXRSS_KB")), 0)
     last = [line for line in (res.stdout + res.stderr).splitlines() if line.strip() and "MAXRSS" not in line]
-    return {"cmd": "fine-deploy " + " ".join(map(str, args)), "rc": res.returncode, "wall_s": round(wall, 1),
+    # the code a step ran is the commit at its start: a convert reused by a later run keeps its own
+    return {"cmd": "fine-deploy " + " ".join(map(str, args)), "git_commit": git_commit(), "rc": res.returncode,
+            "wall_s": round(wall, 1),
             "peak_rss_gb": round(rss / 2**20, 2), "last_line": last[-1][:300] if last else ""}
 
 
