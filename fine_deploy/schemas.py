@@ -301,3 +301,15 @@ def validate_supernet_spec(spec: Any, where: str) -> None:
     ok(opts is None or list_of(opts, int), "depth.options must be a list of integers")
     ok(spec.depth.get("full") is None or is_type(spec.depth.get("full"), int), "depth.full must be an integer")
     ok(isinstance(spec.weights_sha256, str), "weights_sha256 must be a string")
+    pipe = spec.pipeline
+    ok(isinstance(pipe, dict), "pipeline must be an object")
+    if pipe:
+        comps = pipe.get("components")
+        ok(isinstance(pipe.get("class"), str) and isinstance(pipe.get("denoiser"), str),
+           "pipeline needs its class and denoiser folder")
+        ok(isinstance(comps, dict) and all(isinstance(v, dict) and isinstance(v.get("class"), str)
+                                           and dict_of(v.get("files"), str) for v in comps.values()),
+           "pipeline.components must map names to {class, files: {path: sha256}, ...}")
+        ok(all("/" not in k and not k.startswith(".") for k in comps)
+           and all(".." not in f.split("/") and not f.startswith("/") for v in comps.values() for f in v["files"]),
+           "pipeline component names and files must stay inside the supernet directory")

@@ -256,8 +256,10 @@ class Adapter:
             raise FineDeployError(f"{flag} {resolution} is not allowed for this supernet; use {allowed}")
         return int(resolution)
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
-        """The forward inputs, in diffusers' argument order, with the shapes of a batch at `resolution`."""
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
+        """The forward inputs, in diffusers' argument order, with the shapes of a batch at `resolution` (and a
+        text sequence of `tokens` where the backbone reads text: a converted pipeline's own length)."""
         raise NotImplementedError
 
     def channels(self, config: dict[str, Any]) -> int:
@@ -267,11 +269,11 @@ class Adapter:
         return None
 
     def example_inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
-                       seed: int = 0) -> dict[str, torch.Tensor]:
+                       seed: int = 0, tokens: int | None = None) -> dict[str, torch.Tensor]:
         """Fixed random inputs (what export, parity, shape tracing and sensitivity feed the model)."""
         g = torch.Generator().manual_seed(seed)
         out = {}
-        for s in self.inputs(config, batch, resolution):
+        for s in self.inputs(config, batch, resolution, tokens):
             if s.is_int:
                 out[s.name] = torch.randint(s.range[0], s.range[1], s.shape, generator=g)
             else:

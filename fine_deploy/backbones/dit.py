@@ -35,7 +35,8 @@ class DiTAdapter(Adapter):
         n = config.get("num_embeds_ada_norm")
         return int(n) if n else None
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])
         return [InputSpec("hidden_states", (batch, config["in_channels"], res, res), "float32"),
                 InputSpec("timestep", (batch,), "int64", (0, 1000)),

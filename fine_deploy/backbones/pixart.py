@@ -45,17 +45,19 @@ class PixArtAdapter(Adapter):
         extra = config.get("use_additional_conditions")
         return bool(extra) if extra is not None else config["sample_size"] == 128
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])
         out = [InputSpec("hidden_states", (batch, config["in_channels"], res, res), "float32"),
-               InputSpec("encoder_hidden_states", (batch, TEXT_TOKENS, int(config["caption_channels"])), "float32"),
+               InputSpec("encoder_hidden_states", (batch, tokens or TEXT_TOKENS, int(config["caption_channels"])),
+                         "float32"),
                InputSpec("timestep", (batch,), "int64", (0, 1000))]
         if self._additional(config):  # PixArt-α 1024: image size and aspect ratio micro-conditions
             out += [InputSpec("resolution", (batch, 2), "float32"), InputSpec("aspect_ratio", (batch, 1), "float32")]
         return out
 
-    def example_inputs(self, config, batch=1, resolution=None, seed=0):
-        x = super().example_inputs(config, batch, resolution, seed)
+    def example_inputs(self, config, batch=1, resolution=None, seed=0, tokens=None):
+        x = super().example_inputs(config, batch, resolution, seed, tokens)
         if "resolution" in x:  # plausible micro-conditions, not noise
             px = 8 * int(resolution or config["sample_size"])
             x["resolution"] = torch.full((batch, 2), float(px))

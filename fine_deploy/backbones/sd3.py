@@ -64,10 +64,11 @@ class SD3Adapter(Adapter):
             return super().resolution_options(config)
         return None, f"a multiple of {p} from {p} to {limit * p} (pos_embed_max_size {limit})", p, limit * p
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])
         return [InputSpec("hidden_states", (batch, config["in_channels"], res, res), "float32"),
-                InputSpec("encoder_hidden_states", (batch, TEXT_TOKENS, int(config["joint_attention_dim"])),
+                InputSpec("encoder_hidden_states", (batch, tokens or TEXT_TOKENS, int(config["joint_attention_dim"])),
                           "float32"),
                 InputSpec("pooled_projections", (batch, int(config["pooled_projection_dim"])), "float32"),
                 InputSpec("timestep", (batch,), "int64", (0, 1000))]

@@ -86,7 +86,8 @@ class UNet2DAdapter(StagedUNet):
         return {"rank": "every factorised type", "width": "block_out_channels of stages ≥ 1 (OFA-Diffusion orders)",
                 "depth": "none: layers_per_block is one value for every stage and sets the skip connections"}
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])
         return [InputSpec("sample", (batch, config["in_channels"], res, res), "float32"),
                 InputSpec("timestep", (batch,), "int64", (0, 1000))]

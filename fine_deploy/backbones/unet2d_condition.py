@@ -48,11 +48,12 @@ class UNet2DConditionAdapter(StagedUNet):
         d = config["cross_attention_dim"]
         return int(d if isinstance(d, int) else d[0])
 
-    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None) -> list[InputSpec]:
+    def inputs(self, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
+               tokens: int | None = None) -> list[InputSpec]:
         res = int(resolution or config["sample_size"])
         out = [InputSpec("sample", (batch, config["in_channels"], res, res), "float32"),
                InputSpec("timestep", (batch,), "int64", (0, 1000)),
-               InputSpec("encoder_hidden_states", (batch, TEXT_TOKENS, self.text_dims(config)), "float32")]
+               InputSpec("encoder_hidden_states", (batch, tokens or TEXT_TOKENS, self.text_dims(config)), "float32")]
         if config.get("addition_embed_type") == "text_time":  # SDXL
             n_time = 6  # original size, crop top-left, target size
             pooled = int(config["projection_class_embeddings_input_dim"]) - n_time * int(

@@ -30,7 +30,8 @@ def layer_shapes(sn: Supernet, config: SubnetConfig | dict | None = None, batch:
 
         hooks.append(model.get_submodule(ms.parts[0][0]).register_forward_hook(hook))
     try:
-        model(**sn.adapter.forward_kwargs_of(sn.adapter.example_inputs(sn.spec.config, batch, resolution)))
+        x = sn.adapter.example_inputs(sn.spec.config, batch, resolution, tokens=sn.text_tokens)
+        model(**sn.adapter.forward_kwargs_of(x))
     finally:
         for h in hooks:
             h.remove()

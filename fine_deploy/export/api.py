@@ -89,7 +89,7 @@ def export(
     batch = int(batch or p.inputs.get("batch") or 1)
     ad = sn.adapter
     res = ad.check_resolution(sn.spec.config, resolution if resolution is not None else p.inputs.get("resolution"))
-    inputs = export_inputs(ad, sn.spec.config, batch, res, seed)
+    inputs = export_inputs(ad, sn.spec.config, batch, res, seed, sn.text_tokens)
     meta = {"batch": batch, "resolution": res, "seed": seed}
 
     with Progress(transient=True) as progress:

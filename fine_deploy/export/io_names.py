@@ -34,9 +34,9 @@ class ExportWrapper(nn.Module):
 
 
 def export_inputs(adapter: Adapter, config: dict[str, Any], batch: int = 1, resolution: int | None = None,
-                  seed: int = 0) -> dict[str, torch.Tensor]:
+                  seed: int = 0, tokens: int | None = None) -> dict[str, torch.Tensor]:
     """Fixed random inputs in the exported dtypes (what export traces with and parity feeds)."""
-    x = adapter.example_inputs(config, batch, resolution, seed)
+    x = adapter.example_inputs(config, batch, resolution, seed, tokens)
     return {k: (v.float() if k == "timestep" else v.int() if not v.is_floating_point() else v) for k, v in x.items()}
 
 

@@ -96,7 +96,7 @@ def proxy_sensitivity(sn, *, batch: int = PROXY_BATCH, seed: int = PROXY_SEED, p
     n_jobs = len(_knob_configs(sn))
 
     def forward_seconds(res: int | None) -> float:
-        probe = ad.example_inputs(sn.spec.config, 1, res, seed)
+        probe = ad.example_inputs(sn.spec.config, 1, res, seed, sn.text_tokens)
         t0 = time.perf_counter()
         with torch.no_grad():
             ad.run(model, probe)
@@ -137,7 +137,7 @@ def _interpolate(points: dict[int, float], values: list[int]) -> dict[str, float
 def _proxy(sn, model, batch: int, res: int | None, seed: int, progress: bool, full: bool,
            forward_s: float) -> dict[str, Any]:
     ad = sn.adapter
-    inputs = ad.example_inputs(sn.spec.config, batch, res, seed)
+    inputs = ad.example_inputs(sn.spec.config, batch, res, seed, sn.text_tokens)
     with torch.no_grad():
         y_full = ad.run(model, inputs).double()
     denom = float((y_full**2).sum()) or 1.0

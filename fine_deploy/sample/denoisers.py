@@ -41,9 +41,10 @@ class ModelInfo:
         return self.class_conditional or bool(self.conditions)
 
     @classmethod
-    def from_config(cls, backbone: str, config: dict[str, Any], resolution: int | None = None) -> ModelInfo:
+    def from_config(cls, backbone: str, config: dict[str, Any], resolution: int | None = None,
+                    tokens: int | None = None) -> ModelInfo:
         ad = adapter_for(backbone)
-        specs = ad.inputs(config, 1, resolution)
+        specs = ad.inputs(config, 1, resolution, tokens)
         conds = {s.name: tuple(s.shape[1:]) for s in specs
                  if s.name not in (ad.sample_input, "timestep", "class_labels")}
         return cls(backbone, ad.channels(config), int(resolution or config["sample_size"]),

@@ -45,10 +45,6 @@ def stacked_weights(model: nn.Module, t: WeightType) -> torch.Tensor:
 
 def load_diffusers_model(path: Path) -> nn.Module:
     cfg_path = path / "config.json"
-    if (path / "model_index.json").is_file() and not cfg_path.is_file():
-        found = [d.name for d in sorted(path.iterdir()) if d.name in ("unet", "transformer")]
-        raise FineDeployError(f"{path} is a pipeline folder; pass its denoiser folder "
-                              f"({path / found[0] if found else 'unet/ or transformer/'}) to convert the denoiser")
     if not cfg_path.is_file():
         raise FineDeployError(f"{path}: no config.json; pass a folder written by a diffusers model's save_pretrained")
     try:
@@ -141,19 +137,37 @@ def convert(
     als_iters: int = 25,
     calib: str | Path | None = None,
 ) -> Supernet:
-    """Load a diffusers model folder, fit shared factors per type, compute channel orders, write SUPERNET."""
+    """Load a diffusers model folder, fit shared factors per type, compute channel orders, write SUPERNET.
+
+    A pipeline folder (model_index.json) is checked whole first; its denoiser is factorised and its other
+    components (text encoders, tokenizers, VAE, scheduler) are carried unchanged into SUPERNET/components/."""
+    from fine_deploy.pipelines.folder import describe, is_pipeline_folder, read_pipeline_folder
+
     src = Path(from_diffusers)
     if max_rank is not None and max_rank < 1:
         raise FineDeployError(f"--max-rank must be ≥ 1, got {max_rank}")
-    model = load_diffusers_model(src)
+    folder = read_pipeline_folder(src) if is_pipeline_folder(src) else None
+    model = load_diffusers_model(folder.denoiser if folder else src)
     x = load_calibration(Path(calib)) if calib is not None else None
-    weights = sorted(src.glob("*.safetensors"))
+    weights = sorted((folder.denoiser if folder else src).glob("*.safetensors"))
     prov = {
         "source": "diffusers",
         "source_class": type(model).__name__,
         "source_weights_sha256": sha256_file(weights[0]) if weights else None,
         "als_iters": als_iters,
     }
+    pipeline = {}
+    if folder is not None:
+        from fine_deploy.pipelines.folder import token_lengths
+
+        comps = describe(folder, int(model.config.sample_size))
+        pipeline = {"class": folder.pipeline.class_name, "denoiser": folder.pipeline.denoiser,
+                    "model_index": folder.index, "dropped": folder.dropped, "components": comps,
+                    "text_tokens": folder.pipeline.text_tokens(
+                        token_lengths(folder.path, folder.pipeline, folder.components), dict(model.config))}
     sn = model_to_supernet(model, max_rank=max_rank, als_iters=als_iters, calib=x, provenance=prov)
+    if folder is not None:
+        sn.spec.pipeline = pipeline
+        sn.component_sources = {n: c.path for n, c in folder.components.items()}
     sn.save(output)
     return sn

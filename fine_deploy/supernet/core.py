@@ -19,7 +19,7 @@ from fine_deploy.backbones import adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import canonical_json
 from fine_deploy.supernet import io
-from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
+from fine_deploy.supernet.spec import COMPONENTS_DIR, SupernetSpec, TypeSpec
 
 
 @dataclass
@@ -96,6 +96,7 @@ class Supernet:
         self.path = path
         self.adapter = adapter_for(spec.backbone)
         self._layouts: dict[int | None, Layout] = {}
+        self.component_sources: dict[str, Path] = {}  # name -> folder, for a pipeline converted but not yet saved
 
     # --- files ------------------------------------------------------------------------------------
     @classmethod
@@ -106,9 +107,33 @@ class Supernet:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        io.write_supernet(path, self.spec, self.tensors)
+        io.write_supernet(path, self.spec, self.tensors, {n: self.component_dir(n) for n in self.components})
         self.path = path
+        self.component_sources = {}
         return path
+
+    # --- a converted pipeline's other components ----------------------------------------------------
+    @property
+    def components(self) -> dict[str, dict]:
+        """The carried components (text encoders, tokenizers, VAE, scheduler) by folder name; {} for a denoiser."""
+        return dict(self.spec.pipeline.get("components") or {})
+
+    @property
+    def text_tokens(self) -> int | None:
+        """The denoiser's text sequence length in its pipeline (None: the adapter's default)."""
+        return self.spec.pipeline.get("text_tokens")
+
+    def component_dir(self, name: str) -> Path:
+        """Where a carried component's files are: the source folder until saved, then components/<name>/."""
+        if name in self.component_sources:
+            return self.component_sources[name]
+        if self.path is None:
+            raise FineDeployError(f"component {name}: this supernet was never saved, its files are nowhere")
+        return self.path / COMPONENTS_DIR / name
+
+    def check_components(self) -> None:
+        if self.path is not None and not self.component_sources:
+            io.check_components(self.path, self.spec)
 
     @property
     def content_hash(self) -> str:

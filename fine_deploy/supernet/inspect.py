@@ -52,7 +52,7 @@ def summary(sn: Supernet) -> dict[str, Any]:
         # which knobs this backbone class offers, and why not the others
         "knobs": sn.adapter.knob_notes(),
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "range": i.range}
-                   for i in sn.adapter.inputs(spec.config)],
+                   for i in sn.adapter.inputs(spec.config, tokens=sn.text_tokens)],
         "objective": sn.adapter.objective,
         "pipeline": {"class": sn.adapter.pipeline, "components": list(sn.adapter.components)},
     }

@@ -17,6 +17,7 @@ SCHEMA = 1
 FORMAT = "fine-deploy-supernet"
 SPEC_FILE = "supernet.json"
 WEIGHTS_FILE = "weights.safetensors"
+COMPONENTS_DIR = "components"
 
 
 @dataclass
@@ -78,6 +79,11 @@ class SupernetSpec:
     tensors: dict[str, list[int]] = field(default_factory=dict)  # name -> shape of every stored tensor
     weights_sha256: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    # a converted pipeline folder: {"class": stock pipeline class, "denoiser": "unet" | "transformer",
+    # "model_index": the source's model_index.json, "text_tokens": the denoiser's text length, "dropped": [...],
+    # "components": {name: {"library", "class", "role", "files": {rel: sha256}, "params", "weight_bytes",
+    # "flops", "activation_bytes", "at"}}}; the components' files live in COMPONENTS_DIR/<name>/
+    pipeline: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
     format: str = FORMAT
 
