@@ -187,6 +187,8 @@ def plan_cmd(
     resolution: int | None = typer.Option(None, "--resolution", help="Image side; the supernet's by default."),
     max_loss: float | None = typer.Option(None, "--max-loss", help="Fastest subnet with quality loss under this."),
     supernet: Path | None = SupernetOpt,
+    offload: str = typer.Option("none", "--offload", help="A pipeline's components resident at once: none (all) | "
+                                "sequential (one at a time)."),
     lut: Path | None = typer.Option(None, "--lut", help="Measured LUT; the device's measured one if present."),
     output: Path = typer.Option(..., "-o", "--output", help="plan.json to write."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of the table."),
@@ -196,7 +198,7 @@ def plan_cmd(
     from fine_deploy.planner.plan import plan
 
     plan(device, mem, latency=latency, steps=steps, batch=batch, resolution=resolution, max_loss=max_loss,
-         supernet=supernet, lut=lut, output=output, as_json=as_json, pareto=pareto)
+         supernet=supernet, offload=offload, lut=lut, output=output, as_json=as_json, pareto=pareto)
 
 
 # --- training (issue 7) --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class Component:
         if not any(folder.glob("*.safetensors")):
             raise FineDeployError(f"{folder}: no .safetensors weights (pickled .bin weights are not read); "
                                   "re-save the component with save_pretrained(safe_serialization=True)")
+        quiet()
         try:
             return self.model_class(class_name).from_pretrained(str(folder), use_safetensors=True).eval()
         except (OSError, ValueError, TypeError) as e:
@@ -76,3 +77,13 @@ class Component:
 
 class Carried(Component):
     """A component that is not a network (tokenizer, scheduler): carried as files, never exported as a graph."""
+
+
+def quiet() -> None:
+    """transformers' weight-loading bar would break fine-deploy's own progress lines."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass

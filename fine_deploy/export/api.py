@@ -18,7 +18,7 @@ from fine_deploy.export.fold import FoldedSubnet, fold_subnet
 from fine_deploy.export.io_names import OUTPUT_NAME, export_inputs, input_ranges, run_torch
 from fine_deploy.export.manifest import FORMATS, MANIFEST, Manifest, tool_versions
 from fine_deploy.export.onnx_export import MIN_OPSET, PROTOBUF_LIMIT, check_opset, export_onnx, initializer_stats
-from fine_deploy.fileio import atomic_directory, atomic_write_bytes
+from fine_deploy.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
 from fine_deploy.planner.schema import Plan, supernet_for_plan
 from fine_deploy.supernet.core import SubnetConfig, Supernet
 
@@ -88,6 +88,9 @@ def export(
     config = sn.validate(SubnetConfig.from_json(p.subnet))
     batch = int(batch or p.inputs.get("batch") or 1)
     ad = sn.adapter
+    pipeline = bool(sn.components)
+    if pipeline:
+        sn.check_components()  # every carried file intact before any work
     res = ad.check_resolution(sn.spec.config, resolution if resolution is not None else p.inputs.get("resolution"))
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed, sn.text_tokens)
     meta = {"batch": batch, "resolution": res, "seed": seed}
@@ -121,8 +124,12 @@ def export(
             manifest.parity.append(forms_check.to_json())
         with atomic_directory(output) as tmp:
             if format in ("onnx", "trt"):
+                name = f"{sn.spec.pipeline['denoiser']}/{ONNX_NAME}" if pipeline else ONNX_NAME
                 _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset, dynamic_batch=dynamic_batch,
-                      fp16=fp16 and format == "onnx", threshold=external_data_threshold)
+                      fp16=fp16 and format == "onnx", threshold=external_data_threshold, name=name)
+                if pipeline:
+                    _onnx_components(tmp, sn, folded, manifest, meta, batch, res, opset=opset,
+                                     fp16=fp16 and format == "onnx", threshold=external_data_threshold)
                 step("onnx written and checked")
                 if format == "trt":
                     _trt(tmp, inputs, manifest, meta, ref, fp16=fp16, dynamic_batch=dynamic_batch)
@@ -143,12 +150,13 @@ def export(
 
 
 def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
-          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int) -> None:
+          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int, name: str = ONNX_NAME) -> None:
     from fine_deploy.export.onnx_export import run_onnx
 
-    files = export_onnx(folded.model, inputs, tmp / ONNX_NAME, adapter=folded.adapter, opset=opset,
+    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+    files = export_onnx(folded.model, inputs, tmp / name, adapter=folded.adapter, opset=opset,
                         dynamic_batch=dynamic_batch, fp16=fp16, external_data_threshold=threshold)
-    manifest.model = ONNX_NAME
+    manifest.model = name
     manifest.checks["onnx"] = {"checker": "onnx.checker full_check passed", "shape_inference": True,
                                "external_data": len(files) > 1, "opset": opset}
     manifest.weights["onnx_initializers"] = initializer_stats(files[0])
@@ -156,7 +164,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
     out, desc = run_onnx(files[0], _feeds(inputs))
     p = par.compare(out, ref, runtime=desc["backend"], reference="torch", tolerance=tol, inputs=meta)
     manifest.parity.append(p.to_json())
-    par.require(p, ONNX_NAME)
+    par.require(p, name)
     if dynamic_batch:  # prove the batch axis really is dynamic: run another batch size too
         other = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
         ref2 = run_torch(folded.model, other, folded.adapter).numpy()
@@ -164,7 +172,20 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
         p2 = par.compare(out2, ref2, runtime=desc["backend"], reference="torch", tolerance=tol,
                          inputs={**meta, "batch": meta["batch"] + 1})
         manifest.parity.append(p2.to_json())
-        par.require(p2, f"{ONNX_NAME} at batch {meta['batch'] + 1}")
+        par.require(p2, f"{name} at batch {meta['batch'] + 1}")
+
+
+def _onnx_components(tmp: Path, sn: Supernet, folded: FoldedSubnet, manifest: Manifest, meta: dict, batch: int,
+                     res: int, *, opset: int, fp16: bool, threshold: int) -> None:
+    """The pipeline's other networks beside the denoiser, its carried files, and optimum's model_index.json."""
+    from fine_deploy.export import components as ec
+
+    nets = ec.networks(sn, batch, res)
+    ec.write_onnx(tmp, nets, manifest, meta, opset=opset, fp16=fp16, threshold=threshold)
+    ec.copy_carried(tmp, sn, manifest)
+    ec.write_index(tmp, sn, onnx_layout=True)
+    atomic_write_json(tmp / sn.spec.pipeline["denoiser"] / "config.json",
+                      {"_class_name": sn.spec.backbone, **dict(folded.model.config)})
 
 
 def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,
@@ -233,7 +254,12 @@ def _sampling(tmp: Path, sn: Supernet, manifest: Manifest) -> None:
     n_cls = sn.adapter.num_classes(sn.spec.config)
     recipe = sn.spec.provenance.get("recipe") if isinstance(sn.spec.provenance.get("recipe"), dict) else {}
     guidance = float((recipe.get("metric") or {}).get("guidance_scale", 1.0)) if n_cls else 1.0
-    manifest.sampling = {"scheduler": f"{SCHEDULER_DIR}/{SCHEDULER_FILE}", "scheduler_source": schedule.source,
+    source = schedule.source
+    if sn.components:  # the pipeline's own scheduler was copied into scheduler/
+        from fine_deploy.pipelines import pipeline_for
+
+        guidance, source = pipeline_for(sn.spec.pipeline["class"]).guidance, "the converted pipeline's scheduler"
+    manifest.sampling = {"scheduler": f"{SCHEDULER_DIR}/{SCHEDULER_FILE}", "scheduler_source": source,
                          "prediction_type": schedule.config.get("prediction_type", "epsilon"),
                          "guidance_scale": guidance, "num_classes": n_cls, "null_class": n_cls}
 
@@ -245,7 +271,13 @@ def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, 
     model = sn.subnet(config)
     if fp16:
         model = model.half()
-    component = pf.write_pipeline(tmp, model, sn.adapter, training_schedule(sn))
+    if sn.components:
+        from fine_deploy.export import components as ec
+
+        ec.write_diffusers(tmp, sn, model, manifest, fp16=fp16)
+        component = sn.spec.pipeline["denoiser"]
+    else:
+        component = pf.write_pipeline(tmp, model, sn.adapter, training_schedule(sn))
     manifest.model = component
     if forms_asked:
         names = sorted(set(forms_asked.values()))
@@ -257,9 +289,14 @@ def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, 
     p = par.compare(out, ref, runtime="diffusers.from_pretrained", reference="torch", tolerance=tol, inputs=meta)
     manifest.parity.append(p.to_json())
     par.require(p, "diffusers folder")
+    if sn.components:
+        from fine_deploy.export.components import check_diffusers_pipeline
+
+        checked = check_diffusers_pipeline(tmp)
+    else:
+        checked = pf.check_pipeline(tmp) if pf.has_pipeline(tmp) else None
     manifest.checks["diffusers"] = {"config": {k: v for k, v in dict(loaded.config).items() if not k.startswith("_")},
-                                    "from_pretrained": "ok",
-                                    "pipeline": pf.check_pipeline(tmp) if pf.has_pipeline(tmp) else None}
+                                    "from_pretrained": "ok", "pipeline": checked}
     if not pf.has_pipeline(tmp):
         manifest.notes.append(f"denoiser only: {component}/ and scheduler/ load with stock from_pretrained; the "
                               f"{sn.adapter.pipeline} around them needs {', '.join(sn.adapter.components[:-1])}")

@@ -42,6 +42,9 @@ class Manifest:
     # how to sample it: {"scheduler": "scheduler/scheduler_config.json", "scheduler_source", "guidance_scale",
     # "num_classes", "null_class"}; optional, so schema-1 manifests without it still load
     sampling: dict[str, Any] = field(default_factory=dict)
+    # a pipeline export's other components: {name: {"role", "model" (its graph file) | "files" (carried folder),
+    # "inputs", "outputs", "parity_rel"}}; `model` above is then the denoiser's file
+    components: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
     kind: str = FORMAT
 

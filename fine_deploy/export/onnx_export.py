@@ -36,19 +36,20 @@ def check_opset(opset: int) -> int:
 
 
 def _to_model(model: nn.Module, inputs: dict[str, torch.Tensor], opset: int, dynamic_batch: bool, tmp: Path,
-              adapter: Adapter):
+              adapter: Adapter | None, outputs: list[str]):
     import onnx
 
     names = list(inputs)
-    axes = {n: {0: "batch"} for n in [*names, OUTPUT_NAME]} if dynamic_batch else None
+    axes = {n: {0: "batch"} for n in [*names, *outputs]} if dynamic_batch else None
+    graph = ExportWrapper(model, names, adapter).eval() if adapter is not None else model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about shape asserts inside diffusers
         torch.onnx.export(
-            ExportWrapper(model, names, adapter).eval(),
+            graph,
             tuple(inputs.values()),
             str(tmp),
             input_names=names,
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             opset_version=opset,
             dynamic_axes=axes,
             do_constant_folding=True,
@@ -82,13 +83,17 @@ def export_onnx(
     inputs: dict[str, torch.Tensor],
     path: str | Path,
     *,
-    adapter: Adapter,
+    adapter: Adapter | None,
     opset: int = MIN_OPSET,
     dynamic_batch: bool = False,
     fp16: bool = False,
     external_data_threshold: int = PROTOBUF_LIMIT,
+    output_names: tuple[str, ...] = (OUTPUT_NAME,),
 ) -> list[Path]:
-    """Write `path` (and `path`.data when larger than the threshold); return the files written."""
+    """Write `path` (and `path`.data when larger than the threshold); return the files written.
+
+    With an `adapter`, `model` is a backbone fed by its named inputs; without, `model` is already the graph
+    (a pipeline component's) whose positional inputs are `inputs` and outputs `output_names`."""
     import onnx
 
     check_opset(opset)
@@ -97,7 +102,7 @@ def export_onnx(
     trace_dir = path.with_name(f".{path.name}.trace")
     trace_dir.mkdir(parents=True, exist_ok=True)
     try:
-        proto = _to_model(model, inputs, opset, dynamic_batch, trace_dir / "model.onnx", adapter)
+        proto = _to_model(model, inputs, opset, dynamic_batch, trace_dir / "model.onnx", adapter, list(output_names))
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # unsupported op at this opset
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None
@@ -150,8 +155,13 @@ def initializer_stats(path: str | Path) -> dict[str, Any]:
 
 def run_onnx(path: str | Path, feeds: dict[str, np.ndarray], threads: int = 1) -> tuple[np.ndarray, dict]:
     """Run an ONNX file once on ONNX Runtime CPU through the shared runtime layer."""
+    out, desc = run_onnx_outputs(path, feeds, threads)
+    return out[OUTPUT_NAME], desc
+
+
+def run_onnx_outputs(path: str | Path, feeds: dict[str, np.ndarray], threads: int = 1) -> tuple[dict, dict]:
+    """Every output of an ONNX file run once on ONNX Runtime CPU."""
     from fine_deploy.runtime import SessionOptions, open_session
 
     with open_session(path, SessionOptions(threads=threads), "onnxruntime-cpu") as s:
-        out = s.run(feeds)
-        return out[OUTPUT_NAME], s.describe()
+        return s.run(feeds), s.describe()

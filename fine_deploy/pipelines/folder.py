@@ -118,13 +118,18 @@ def check_tokenizers(folder: PipelineFolder) -> None:
                              f"{folder.path}: {tok} vs {enc}")
 
 
-def token_lengths(folder: Path, pipe: Pipeline, components: dict[str, Any]) -> list[int]:
-    """Each text encoder's padded prompt length (its tokenizer's model_max_length), in prompt order."""
-    out = []
-    for _, tok in pipe.text_encoders:
-        cfg = json.loads((folder / tok / "tokenizer_config.json").read_text())
-        out.append(int(cfg["model_max_length"]))
-    return out
+def tokenizer_length(folder: Path) -> int:
+    """A tokenizer's padded prompt length (model_max_length of its tokenizer_config.json)."""
+    try:
+        return int(json.loads((folder / "tokenizer_config.json").read_text())["model_max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FineDeployError(f"{folder}: tokenizer_config.json has no model_max_length; re-save the tokenizer "
+                              "with save_pretrained") from None
+
+
+def token_lengths(pipe: Pipeline, folder_of: Any) -> dict[str, int]:
+    """Each text encoder's prompt length (its tokenizer's), by text encoder name, in prompt order."""
+    return {enc: tokenizer_length(folder_of(tok)) for enc, tok in pipe.text_encoders}
 
 
 def files_of(folder: Path) -> dict[str, str]:
@@ -147,14 +152,14 @@ def skeleton(c: FolderComponent) -> torch.nn.Module:
 def describe(folder: PipelineFolder, latent_resolution: int) -> dict[str, dict[str, Any]]:
     """supernet.json's record of each carried component: class, role, files and hashes, per-call costs."""
     out: dict[str, dict[str, Any]] = {}
-    lengths = token_lengths(folder.path, folder.pipeline, folder.components)
+    lengths = token_lengths(folder.pipeline, lambda tok: folder.components[tok].path)
     for name, c in folder.components.items():
         rec: dict[str, Any] = {"library": c.library, "class": c.class_name, "role": c.kind.role,
                                "files": files_of(c.path)}
         if not isinstance(c.kind, Carried):
             model = skeleton(c)
-            shape = {"tokens": lengths[[e for e, _ in folder.pipeline.text_encoders].index(name)]} \
-                if c.kind.role == "text_encoder" else {"latent_resolution": latent_resolution}
+            shape = {"tokens": lengths[name]} if c.kind.role == "text_encoder" else \
+                {"latent_resolution": latent_resolution}
             inputs = {k: v.to("meta") for k, v in c.kind.example_inputs(model, 1, **shape).items()}
             rec.update(c.kind.describe(model, inputs))
             rec["at"] = shape

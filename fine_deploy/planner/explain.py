@@ -115,7 +115,19 @@ def print_plan(plan, budget, elapsed_s: float) -> None:
     q = pr["quality"]
     console.print(f"latency  {format_seconds(lat)} {per}{lat_b}")
     console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}")
+    if pr.get("pipeline"):
+        _print_pipeline(console, pr["pipeline"], pr["denoiser_memory_bytes"])
     console.print(f"quality  loss {pr['quality_loss']:.4g} ({q['metric']}{', PROXY' if q['proxy'] else ''})")
     s = plan.solver
     console.print(f"binding  {plan.binding or 'none'}; solver {s['status']}, gap {s.get('mip_gap', 0):.2g}, "
                   f"{s['binaries']} binaries; planned in {elapsed_s:.2f} s")
+
+
+def _print_pipeline(console, pipe: dict[str, Any], denoiser_bytes: int) -> None:
+    """Each component's share: the knobs change only the denoiser's."""
+    share = pipe["memory_share"]
+    parts = [f"denoiser {format_bytes(denoiser_bytes)} ({100 * share['denoiser']:.0f}%)"]
+    for name, c in pipe["components"].items():
+        parts.append(f"{name} {format_bytes(c['weight_bytes'])} ({100 * share[name]:.0f}%, "
+                     f"{format_seconds(c['latency_s'])} ×{c['calls_per_image']:g})")
+    console.print(f"pipeline {pipe['class']}, offload {pipe['offload']}: " + ", ".join(parts))

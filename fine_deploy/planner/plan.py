@@ -17,6 +17,7 @@ from typing import Any
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import canonical_json, sha256_file
 from fine_deploy.planner.milp import Limits, Solution, solve
+from fine_deploy.planner.pipeline_costs import PipelineCost, pipeline_cost
 from fine_deploy.planner.schema import Plan
 from fine_deploy.planner.space import Space, evaluate
 from fine_deploy.planner.units import (
@@ -43,13 +44,22 @@ class Budget:
     batch: int
     max_loss: float | None
     texts: dict[str, str | None]
+    pipeline: PipelineCost | None = None  # a converted pipeline's other components (fixed costs)
 
     def forward_to_shown(self, s: float) -> float:
-        """Seconds per forward -> the unit the user budgets in (per image with --steps)."""
-        return s * self.steps / self.batch if self.per_image else s
+        """Seconds per denoiser forward -> the unit the user budgets in (per image with --steps; for a pipeline
+        that includes the text encoders, the guidance passes and the VAE decoder)."""
+        if not self.per_image:
+            return s
+        return self.pipeline.per_image(s, self.steps, self.batch) if self.pipeline else s * self.steps / self.batch
+
+    def memory_to_shown(self, denoiser_bytes: float) -> float:
+        """The denoiser's memory -> what is resident at once (the whole pipeline's, for a pipeline)."""
+        return self.pipeline.total_memory(denoiser_bytes) if self.pipeline else denoiser_bytes
 
     def limits(self) -> Limits:
-        return Limits(self.latency_s, self.mem_bytes, self.max_loss)
+        mem = self.pipeline.denoiser_memory_limit(self.mem_bytes) if self.pipeline else self.mem_bytes
+        return Limits(self.latency_s, mem, self.max_loss)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,11 +74,12 @@ class Budget:
             "steps": self.steps if self.per_image else None,
             "batch": self.batch,
             "max_loss": self.max_loss,
+            "offload": self.pipeline.offload if self.pipeline else None,
         }
 
 
 def make_budget(profile, mem: str | int | None, latency: str | float | None, steps: int | None, batch: int,
-                max_loss: float | None) -> Budget:
+                max_loss: float | None, pipeline: PipelineCost | None = None) -> Budget:
     if batch < 1:
         raise FineDeployError(f"--batch must be >= 1, got {batch}")
     if steps is not None and steps < 1:
@@ -81,9 +92,18 @@ def make_budget(profile, mem: str | int | None, latency: str | float | None, ste
     lat = parse_seconds(latency) if latency is not None else None
     per_image = steps is not None
     fwd = lat * batch / steps if (lat is not None and per_image) else lat
+    if pipeline is not None and lat is not None and per_image:  # what is left for the denoiser's passes
+        fwd = (lat - pipeline.fixed_latency_s) * batch / (steps * pipeline.passes)
+        if fwd <= 0:
+            raise FineDeployError(
+                f"--latency {latency}: the text encoders and VAE decoder alone take "
+                f"{format_seconds(pipeline.fixed_latency_s)} per image on {profile.name}; allow more than that")
+    if pipeline is not None and pipeline.offload == "sequential" and pipeline.largest_other > mem_bytes:
+        raise FineDeployError(f"no component split fits: the largest component alone needs "
+                              f"{round_up_bytes(pipeline.largest_other)} on {profile.name}; give --mem at least that")
     return Budget(mem_bytes, asked, asked is not None and asked > cap, fwd, lat, per_image, steps or 1, batch,
                   max_loss, {"mem": str(mem) if mem is not None else None,
-                             "latency": str(latency) if latency is not None else None})
+                             "latency": str(latency) if latency is not None else None}, pipeline)
 
 
 def _hash_json(obj: Any) -> str:
@@ -127,7 +147,7 @@ def _min_feasible(space: Space, budget: Budget) -> str:
     hints = []
     s = solve(space, "memory", Limits(lim.latency_s, None, lim.loss))
     if s.ok:
-        need = s.evaluation.memory_bytes
+        need = budget.memory_to_shown(s.evaluation.memory_bytes)
         cap_note = ""
         if need > budget.mem_bytes and budget.mem_asked_bytes is not None and need <= budget.mem_asked_bytes:
             cap_note = " (more than the device's usable memory)"
@@ -144,7 +164,8 @@ def _min_feasible(space: Space, budget: Budget) -> str:
             hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss:.6g}")
     if not hints:
         s = solve(space, "memory")
-        return (f"even alone, the smallest subnet needs {round_up_bytes(s.evaluation.memory_bytes)}; "
+        least = budget.memory_to_shown(s.evaluation.memory_bytes)
+        return (f"even alone, the smallest subnet needs {round_up_bytes(least)}; "
                 "relax every budget") if s.ok else "the supernet has no feasible subnet"
     return "; ".join(hints)
 
@@ -157,7 +178,7 @@ def _binding(space: Space, sol: Solution, budget: Budget, objective: str) -> str
             return None  # nothing was given up
     slack = {}
     if budget.mem_bytes is not None:
-        slack["memory"] = (budget.mem_bytes - ev.memory_bytes) / budget.mem_bytes
+        slack["memory"] = (budget.mem_bytes - budget.memory_to_shown(ev.memory_bytes)) / budget.mem_bytes
     if budget.latency_s is not None and objective != "latency":
         slack["latency"] = (budget.latency_s - ev.latency_s) / budget.latency_s
     if budget.max_loss is not None and objective == "latency":
@@ -177,12 +198,16 @@ def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str,
     predicted = {
         "latency_s": _r(ev.latency_s),
         "latency_per_image_s": _r(budget.forward_to_shown(ev.latency_s)) if budget.per_image else None,
-        "memory_bytes": int(math.ceil(ev.memory_bytes)),
+        "memory_bytes": int(math.ceil(budget.memory_to_shown(ev.memory_bytes))),
         "memory_parts": {k: _r(v) for k, v in ev.parts.items()},
         "quality_loss": _r(ev.loss),
         "quality": quality,
         "cost_model": cost,
     }
+    if budget.pipeline is not None:
+        predicted["denoiser_memory_bytes"] = int(math.ceil(ev.memory_bytes))
+        predicted["pipeline"] = budget.pipeline.to_json(ev.memory_bytes, ev.latency_s,
+                                                        budget.steps if budget.per_image else None, budget.batch)
     solver = {k: (_r(v) if isinstance(v, float) else v) for k, v in sol.figures.items()}
     return Plan(
         supernet={"path": supernet_path, "sha256": sn.content_hash, "backbone": sn.spec.backbone},
@@ -208,6 +233,7 @@ def plan(
     resolution: int | None = None,
     max_loss: float | None = None,
     supernet: str | Path | None = None,
+    offload: str = "none",
     lut: str | Path | None = None,
     output: str | Path | None = None,
     as_json: bool = False,
@@ -233,13 +259,14 @@ def plan(
     sn = load_supernet(supernet)
     res = sn.adapter.check_resolution(sn.spec.config, resolution)
     prof, table, device_rec = load_device(device, lut, profiles)
-    budget = make_budget(prof, mem, latency, steps, batch, max_loss)
+    cost = CostModel.build(prof, table, DTYPE)
+    pipe = pipeline_cost(sn, cost, res, offload)
+    budget = make_budget(prof, mem, latency, steps, batch, max_loss, pipe)
     sens = sensitivity_table(sn, progress=show)
     quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
     if quality["proxy"]:
         quality["note"] = ("data-free proxy: relative output MSE of each knob value alone on fixed random inputs; "
                            "train the supernet to measure its sensitivity table")
-    cost = CostModel.build(prof, table, DTYPE)
     space = build_space(sn, cost, sens, batch=batch, resolution=res)
     objective = "latency" if max_loss is not None else "loss"
     sol = solve(space, objective, budget.limits())

@@ -164,7 +164,8 @@ def convert(
         pipeline = {"class": folder.pipeline.class_name, "denoiser": folder.pipeline.denoiser,
                     "model_index": folder.index, "dropped": folder.dropped, "components": comps,
                     "text_tokens": folder.pipeline.text_tokens(
-                        token_lengths(folder.path, folder.pipeline, folder.components), dict(model.config))}
+                        list(token_lengths(folder.pipeline, lambda tok: folder.components[tok].path).values()),
+                        dict(model.config))}
     sn = model_to_supernet(model, max_rank=max_rank, als_iters=als_iters, calib=x, provenance=prov)
     if folder is not None:
         sn.spec.pipeline = pipeline

@@ -1,0 +1,174 @@
+"""A converted pipeline's other components in an export: every network (text encoders, VAE decoder) in the
+artifact's format, checked against PyTorch, and the carried files (tokenizers, scheduler, configs).
+
+Layouts follow what each ecosystem's users know:
+- onnx / trt: optimum's ONNX Runtime pipeline folder — `text_encoder/model.onnx`, `unet/model.onnx` (or
+  `transformer/`), `vae_decoder/model.onnx`, each with its `config.json`, plus `tokenizer/`, `scheduler/`
+  and `model_index.json`; a TensorRT bundle builds one engine per component with one script;
+- coreml: ml-stable-diffusion's per-component packages (`TextEncoder.mlpackage`, `Unet.mlpackage`,
+  `VAEDecoder.mlpackage`) with the tokenizer's `vocab.json` / `merges.txt` beside them;
+- diffusers: the stock pipeline folder that `DiffusionPipeline.from_pretrained` loads.
+Text encoders are exported at batch 1 (one prompt per call, as ml-stable-diffusion does); the VAE decoder at
+the plan's batch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fine_deploy.components import Carried, Component, component_for
+from fine_deploy.errors import FineDeployError
+from fine_deploy.export import parity as par
+from fine_deploy.fileio import atomic_write_json
+
+MODEL_INDEX = "model_index.json"
+
+
+@dataclass
+class Network:
+    name: str  # the pipeline's folder name (text_encoder, text_encoder_2, vae)
+    source: Path  # its carried folder (config.json, weights)
+    kind: Component
+    model: torch.nn.Module
+    inputs: dict[str, torch.Tensor]
+    ref: dict[str, np.ndarray]
+
+    @property
+    def folder(self) -> str:
+        """Its folder in an ONNX / TensorRT export (optimum's names: the VAE's decoder is `vae_decoder`)."""
+        return self.kind.export_name if self.kind.role == "vae" else self.name
+
+
+def networks(sn: Any, batch: int, resolution: int) -> list[Network]:
+    """The pipeline's networks loaded in PyTorch with their example inputs and reference outputs."""
+    from fine_deploy.pipelines.folder import token_lengths
+
+    out = []
+    lengths = token_lengths(_pipeline(sn), sn.component_dir)
+    for name, rec in sn.components.items():
+        kind = component_for(rec["class"])
+        if isinstance(kind, Carried):
+            continue
+        model = kind.load(sn.component_dir(name), rec["class"]).float()
+        shape = {"tokens": lengths.get(name)} if kind.role == "text_encoder" else {"latent_resolution": resolution}
+        inputs = kind.example_inputs(model, 1 if kind.role == "text_encoder" else batch, **shape)
+        ref = {k: v.numpy() for k, v in kind.run(model, inputs).items()}
+        out.append(Network(name, sn.component_dir(name), kind, model, inputs, ref))
+    return out
+
+
+def _pipeline(sn: Any) -> Any:
+    from fine_deploy.pipelines import pipeline_for
+
+    return pipeline_for(sn.spec.pipeline["class"])
+
+
+def _compare(net: Network, got: dict[str, np.ndarray], runtime: str, tol: float, meta: dict) -> list[par.Parity]:
+    out = []
+    for k in net.kind.output_names:
+        p = par.compare(np.asarray(got[k], np.float32), net.ref[k], runtime=runtime, reference="torch", tolerance=tol,
+                        inputs={**meta, "component": net.name, "output": k})
+        par.require(p, f"{net.name} ({k})")
+        out.append(p)
+    return out
+
+
+def _feeds(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in inputs.items()}
+
+
+def write_onnx(tmp: Path, nets: list[Network], manifest: Any, meta: dict, *, opset: int, fp16: bool,
+               threshold: int) -> None:
+    from fine_deploy.export.onnx_export import export_onnx, run_onnx_outputs
+
+    tol = par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL
+    for net in nets:
+        path = tmp / net.folder / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        files = export_onnx(net.kind.graph(net.model), net.inputs, path, adapter=None, opset=opset, fp16=fp16,
+                            external_data_threshold=threshold, output_names=net.kind.output_names)
+        got, desc = run_onnx_outputs(path, _feeds(net.inputs))
+        checks = _compare(net, got, desc["backend"], tol, meta)
+        manifest.parity.extend(p.to_json() for p in checks)
+        shutil.copyfile(net.source / "config.json", path.parent / "config.json")
+        manifest.components[net.name] = {
+            "role": net.kind.role, "model": path.relative_to(tmp).as_posix(), "external_data": len(files) > 1,
+            "inputs": _specs(net.inputs), "outputs": [{"name": k, "shape": list(v.shape), "dtype": "float32"}
+                                                      for k, v in net.ref.items()],
+            "parity_rel": max(p.rel for p in checks)}
+
+
+def _specs(inputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in inputs.items()]
+
+
+def copy_carried(tmp: Path, sn: Any, manifest: Any) -> None:
+    """Tokenizers and the scheduler, as the pipeline had them."""
+    for name, rec in sn.components.items():
+        if isinstance(component_for(rec["class"]), Carried):
+            shutil.copytree(sn.component_dir(name), tmp / name)
+            manifest.components[name] = {"role": rec["role"], "files": f"{name}/"}
+
+
+def model_index(sn: Any, *, onnx_layout: bool) -> dict[str, Any]:
+    """The source pipeline's model_index.json, with what this export holds: optional components it dropped are
+    null; an ONNX layout names optimum's ORT classes' folders."""
+    import diffusers
+
+    index = {k: v for k, v in sn.spec.pipeline["model_index"].items()}
+    for name in sn.spec.pipeline.get("dropped") or []:
+        index[name] = [None, None]
+    if "requires_safety_checker" in index:
+        index["requires_safety_checker"] = False
+    if onnx_layout:
+        vae = next((n for n, r in sn.components.items() if r["role"] == "vae"), None)
+        if vae is not None:
+            index["vae_decoder"] = index.pop(vae)
+    index["_diffusers_version"] = diffusers.__version__
+    return index
+
+
+def write_index(tmp: Path, sn: Any, *, onnx_layout: bool) -> None:
+    atomic_write_json(tmp / MODEL_INDEX, model_index(sn, onnx_layout=onnx_layout))
+
+
+def write_diffusers(tmp: Path, sn: Any, denoiser: torch.nn.Module, manifest: Any, *, fp16: bool) -> None:
+    """The stock pipeline folder: the subnet as its denoiser, every other component copied unchanged."""
+    folder = sn.spec.pipeline["denoiser"]
+    denoiser.save_pretrained(str(tmp / folder), safe_serialization=True)
+    for name, rec in sn.components.items():
+        shutil.copytree(sn.component_dir(name), tmp / name)
+        manifest.components[name] = {"role": rec["role"], "files": f"{name}/"}
+    write_index(tmp, sn, onnx_layout=False)
+
+
+def check_diffusers_pipeline(tmp: Path, prompt: str = "a photo of a cat", steps: int = 2) -> dict[str, Any]:
+    """Load the folder with stock `DiffusionPipeline.from_pretrained` (no remote code) and generate one image."""
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlog
+
+    was_on = dlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(tmp))
+        pipe.set_progress_bar_config(disable=True)
+        img = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
+    except Exception as e:  # diffusers raises many types; any of them means the folder is unusable
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise FineDeployError(f"the exported pipeline folder does not load in diffusers ({type(e).__name__}: "
+                              f"{first}); nothing was written — report a bug") from None
+    finally:
+        if was_on:
+            dlog.enable_progress_bar()
+    img = np.asarray(img)
+    if not np.isfinite(img).all():
+        raise FineDeployError("the exported pipeline samples NaN/inf; nothing was written — re-export without --fp16")
+    return {"class": type(pipe).__name__, "loader": "diffusers.DiffusionPipeline.from_pretrained",
+            "trust_remote_code": False, "prompt": prompt, "steps": steps, "image_shape": list(img.shape)}
