@@ -255,6 +255,8 @@ def sample_cmd(
     threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (runtime default)."),
     supernet: Path | None = SupernetOpt,
     json_path: Path | None = typer.Option(None, "--json", help="Record file (default: OUTPUT with .json)."),
+    prompt: str | None = typer.Option(None, "--prompt", help="Text prompt (a whole text-to-image pipeline)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="The guidance's unconditional prompt."),
 ) -> None:
     """Sample images from an artifact / plan / supernet; --compare puts the full model beside it."""
     from fine_deploy.sample import sample
@@ -262,7 +264,7 @@ def sample_cmd(
 
     sample(artifact, steps=steps, seed=seed, n=n, output=output, compare=compare, sampler=sampler, guidance=guidance,
            labels=parse_labels(labels), backend=backend, threads=threads, supernet=supernet, json_path=json_path,
-           quiet=False)
+           prompt=prompt, negative_prompt=negative_prompt, quiet=False)
 
 
 def main() -> None:

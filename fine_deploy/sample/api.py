@@ -40,6 +40,7 @@ class Source:
     guidance: float  # the default guidance scale recorded with the model (1.0: none)
     full: Any  # () -> Supernet of the full model, for --compare
     describe: dict[str, Any] = field(default_factory=dict)
+    parts: Any = None  # PipelineParts: a whole text-to-image pipeline's other components (None: a denoiser alone)
 
 
 @dataclass
@@ -54,16 +55,30 @@ def _recipe_guidance(sn: Any) -> float:
     return float(((recipe.get("metric") or {}) if isinstance(recipe, dict) else {}).get("guidance_scale", 1.0))
 
 
+def _default_guidance(sn: Any, info: ModelInfo) -> float:
+    if sn.components:
+        from fine_deploy.pipelines import pipeline_for
+
+        return pipeline_for(sn.spec.pipeline["class"]).guidance
+    return _recipe_guidance(sn) if info.class_conditional else 1.0
+
+
+def _parts(sn: Any) -> Any:
+    from fine_deploy.sample.pipeline import parts_of_supernet
+
+    return parts_of_supernet(sn) if sn.components else None
+
+
 def _supernet_source(path: str | Path | None) -> Source:
     from fine_deploy.supernet.core import load_supernet
 
     sn = load_supernet(path)
-    info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config)
+    info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, tokens=sn.text_tokens)
     where = "default" if path is None or str(path) == "default" else str(path)
     return Source("supernet", TorchDenoiser(sn.subnet(sn.full_config()), info, f"full supernet {where}"),
-                  training_schedule(sn), _recipe_guidance(sn) if info.class_conditional else 1.0,
-                  lambda: _root_supernet(sn, where),
-                  {"supernet": {"path": where, "sha256": sn.content_hash}, "subnet": sn.full_config().to_json()})
+                  training_schedule(sn), _default_guidance(sn, info), lambda: _root_supernet(sn, where),
+                  {"supernet": {"path": where, "sha256": sn.content_hash}, "subnet": sn.full_config().to_json()},
+                  _parts(sn))
 
 
 def _plan_source(path: Path, supernet: str | Path | None) -> Source:
@@ -74,12 +89,12 @@ def _plan_source(path: Path, supernet: str | Path | None) -> Source:
     sn = supernet_for_plan(plan, supernet)
     config = sn.validate(SubnetConfig.from_json(plan.subnet))
     res = plan.inputs.get("resolution")
-    info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, res)
+    info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, res, sn.text_tokens)
     where = str(supernet or plan.supernet.get("path", "default"))
     return Source("plan", TorchDenoiser(sn.subnet(config), info, f"plan {path}"), training_schedule(sn),
-                  _recipe_guidance(sn) if info.class_conditional else 1.0, lambda: _root_supernet(sn, where),
+                  _default_guidance(sn, info), lambda: _root_supernet(sn, where),
                   {"plan": str(path), "supernet": {"path": where, "sha256": sn.content_hash},
-                   "subnet": config.to_json()})
+                   "subnet": config.to_json()}, _parts(sn))
 
 
 def _export_info(m: Any) -> ModelInfo:
@@ -143,8 +158,13 @@ def _export_source(directory: Path, backend: str, threads: int | None, supernet:
                                   f"exported from (hash {m.supernet['sha256'][:12]}); pass the right --supernet")
         return _root_supernet(sn, where)
 
+    parts = None
+    if m.components:
+        from fine_deploy.sample.pipeline import parts_from_export
+
+        parts = parts_from_export(directory, m, backend, threads)
     return Source("export", denoiser, schedule, float(sampling.get("guidance_scale", 1.0)), full,
-                  {"export": str(directory), "format": m.format, "supernet": m.supernet, "subnet": m.subnet})
+                  {"export": str(directory), "format": m.format, "supernet": m.supernet, "subnet": m.subnet}, parts)
 
 
 def open_source(artifact: str | Path, *, backend: str = "auto", threads: int | None = None,
@@ -250,27 +270,38 @@ def sample(
     threads: int | None = None,
     supernet: str | Path | None = None,
     json_path: str | Path | None = None,
+    prompt: str | None = None,
+    negative_prompt: str = "",
     quiet: bool = True,
 ) -> SampleResult:
-    """Sample `n` images from ARTIFACT with `steps` DDIM/DDPM steps; write a PNG grid (+ JSON) when `output`."""
+    """Sample `n` images from ARTIFACT with `steps` DDIM/DDPM steps; write a PNG grid (+ JSON) when `output`.
+
+    A whole text-to-image pipeline (a converted pipeline folder, or its export) samples `prompt`: tokenize,
+    encode, denoise with classifier-free guidance against `negative_prompt`, decode with its VAE."""
     output = Path(output) if output is not None else None
     json_path = Path(json_path) if json_path is not None else (output.with_suffix(".json") if output else None)
     _check_args(steps, n, guidance, output, json_path)
     make_scheduler({}, sampler)  # an unknown sampler fails before any model loads
     src = open_source(artifact, backend=backend, threads=threads, supernet=supernet)
+    if src.parts is None and prompt is not None:
+        raise FineDeployError(f"--prompt: {artifact} is a denoiser alone (no text encoder or VAE); convert and export "
+                              "the whole pipeline folder to sample from a prompt")
+    if src.parts is not None and prompt is None:
+        raise FineDeployError(f"{artifact} is a whole text-to-image pipeline; give --prompt \"...\"")
     info = src.denoiser.info
     lab = _labels(info, n, labels)
-    cond = conditions(info, n, lab, seed)
+    cond = conditions(info, n, lab, seed) if src.parts is None else None
     g = float(src.guidance if guidance is None else guidance)
     if not info.guided and g != 1.0:
         if guidance is not None:
             raise FineDeployError(f"--guidance {g}: classifier-free guidance needs a class- or text-conditioned model")
         g = 1.0
-    full_denoiser, full_ref = None, None
+    full_denoiser, full_ref, full_parts = None, None, None
     if compare:
         from fine_deploy.supernet.core import SubnetConfig
 
         sn = src.full()
+        full_parts = _parts(sn) if src.parts is not None else None
         cfg = SubnetConfig({t.name: t.max_rank for t in sn.types}, {}, None)
         full_info = ModelInfo(sn.spec.backbone, info.channels, info.resolution, info.num_classes, info.conditions,
                               info.latent)
@@ -287,9 +318,18 @@ def sample(
         for name, den in runs:
             task = progress.add_task(f"sample {name} ({den.runtime})", total=steps)
             t0 = time.perf_counter()
-            scheduler = make_scheduler({**src.schedule.config, "_class_name": src.schedule.cls}, sampler)
-            imgs = denoise(den, scheduler, n, steps=steps, seed=seed, cond=cond, guidance=g,
-                           on_step=lambda task=task: progress.advance(task))
+            step = lambda task=task: progress.advance(task)  # noqa: E731
+            if src.parts is not None:
+                from fine_deploy.sample.pipeline import generate
+
+                parts = full_parts if name == "full" else src.parts
+                scheduler = make_scheduler(parts.scheduler_config, sampler)
+                pixels = generate(parts, den, [prompt] * n, scheduler, steps=steps, seed=seed, guidance=g,
+                                  negative=negative_prompt, on_step=step)
+                imgs = torch.from_numpy(pixels * 2 - 1)  # the grid and the record take [-1, 1] like other models
+            else:
+                scheduler = make_scheduler({**src.schedule.config, "_class_name": src.schedule.cls}, sampler)
+                imgs = denoise(den, scheduler, n, steps=steps, seed=seed, cond=cond, guidance=g, on_step=step)
             seconds[name] = round(time.perf_counter() - t0, 4)
             outs[name] = imgs.numpy()
             den.close()
@@ -303,8 +343,11 @@ def sample(
         "labels": None if lab is None else lab.tolist(), "image_shape": list(images.shape[1:]),
         # a latent denoiser exported alone has no VAE to decode with, nor a text encoder: its samples are
         # latents, conditioned on seeded stand-in embeddings (whole pipelines: convert a pipeline folder)
-        "space": "latent" if info.latent else "pixel",
+        "space": "latent" if info.latent and src.parts is None else "pixel",
         "conditioning": sorted(info.conditions) or None,
+        "prompt": prompt, "negative_prompt": negative_prompt if prompt is not None else None,
+        "pipeline": {"class": src.parts.pipeline.class_name, "runtime": src.parts.runtime}
+        if src.parts is not None else None,
         "seconds": seconds, "output": str(output) if output else None,
     }
     full_images = outs.get("full")

@@ -31,6 +31,7 @@ def denoise(
     seed: int,
     cond: dict[str, torch.Tensor] | None = None,
     guidance: float = 1.0,
+    null: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """`n` samples from `denoiser` with `scheduler` (a fresh diffusers DDIM / DDPM / FlowMatchEuler scheduler);
@@ -38,13 +39,14 @@ def denoise(
 
     `cond` holds the conditioning inputs per image (class_labels, or text embeddings and their extras). With
     `guidance` ≠ 1 this is classifier-free guidance: pred = pred_∅ + g·(pred_c − pred_∅), ∅ being
-    `ModelInfo.null` of the condition (the null class row of diffusers' LabelEmbedding, zero text embeddings).
+    `null` (a pipeline's encoded negative prompt) or else `ModelInfo.null` of the condition (the null class row
+    of diffusers' LabelEmbedding, zero text embeddings).
     The prediction type (ε, v, flow velocity) is the scheduler's to interpret.
     """
     info = denoiser.info
     gens = generators(n, seed)
     x = initial_noise(info, gens) * getattr(scheduler, "init_noise_sigma", 1.0)
-    null = info.null(cond) if cond and guidance != 1.0 else None
+    null = (null if null is not None else info.null(cond)) if cond and guidance != 1.0 else None
     scheduler.set_timesteps(steps)
     name = type(scheduler).__name__
     for t in scheduler.timesteps:
