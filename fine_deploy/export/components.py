@@ -156,7 +156,7 @@ def check_diffusers_pipeline(tmp: Path, prompt: str = "a photo of a cat", steps:
     was_on = dlog.is_progress_bar_enabled()
     dlog.disable_progress_bar()
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(tmp))
+        pipe = DiffusionPipeline.from_pretrained(str(tmp), **null_components(tmp))
         pipe.set_progress_bar_config(disable=True)
         img = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
                    output_type="np").images
@@ -171,4 +171,18 @@ def check_diffusers_pipeline(tmp: Path, prompt: str = "a photo of a cat", steps:
     if not np.isfinite(img).all():
         raise FineDeployError("the exported pipeline samples NaN/inf; nothing was written — re-export without --fp16")
     return {"class": type(pipe).__name__, "loader": "diffusers.DiffusionPipeline.from_pretrained",
-            "trust_remote_code": False, "prompt": prompt, "steps": steps, "image_shape": list(img.shape)}
+            "trust_remote_code": False, "null_components": sorted(null_components(tmp)), "prompt": prompt,
+            "steps": steps, "image_shape": list(img.shape)}
+
+
+def null_components(folder: Path) -> dict[str, None]:
+    """Components the folder leaves null that its stock class does not list as optional (SD3 without T5):
+    diffusers loads them only when passed as None, as its docs show (`text_encoder_3=None, tokenizer_3=None`)."""
+    import diffusers
+
+    from fine_deploy.fileio import read_json
+
+    index = read_json(folder / MODEL_INDEX, missing="re-export", invalid="re-export")
+    cls = getattr(diffusers, index["_class_name"])
+    optional = set(getattr(cls, "_optional_components", []))
+    return {k: None for k, v in index.items() if not k.startswith("_") and v == [None, None] and k not in optional}
