@@ -67,10 +67,11 @@ def convert_cmd(
     als_iters: int = typer.Option(25, "--als-iters", help="Alternating least squares sweeps."),
     calib: Path | None = typer.Option(None, "--calib", help="Images (.npy/.safetensors) for gradient importance."),
 ) -> None:
-    """Turn a dense diffusers model into a supernet (shared-factor fit + channel orders)."""
-    from fine_deploy.supernet.convert import convert
+    """Turn a dense diffusers model (or a whole pipeline folder) into a supernet (shared-factor fit + channel
+    orders; a pipeline's text encoders, tokenizers, VAE and scheduler are carried unchanged)."""
+    from fine_deploy.supernet.convert import convert, convert_summary
 
-    convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib)
+    print(convert_summary(convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib)))
 
 
 # --- cost: device profiles and the profiler ------------------------------------------------------

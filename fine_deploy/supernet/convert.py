@@ -172,3 +172,15 @@ def convert(
         sn.component_sources = {n: c.path for n, c in folder.components.items()}
     sn.save(output)
     return sn
+
+
+def convert_summary(sn: Supernet) -> str:
+    """One line for the CLI: what was factorised and what was carried."""
+    line = f"{sn.path}: {sn.spec.backbone} factorised into {len(sn.types)} types"
+    if sn.components:
+        carried = [f"{n} ({c['class']}{', %.3gM params' % (c['params'] / 1e6) if c.get('params') else ''})"
+                   for n, c in sn.components.items()]
+        line += f"; {sn.spec.pipeline['class']} components carried: {', '.join(carried)}"
+        if sn.spec.pipeline.get("dropped"):
+            line += f"; not carried (optional): {', '.join(sn.spec.pipeline['dropped'])}"
+    return line

@@ -54,8 +54,23 @@ def summary(sn: Supernet) -> dict[str, Any]:
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "range": i.range}
                    for i in sn.adapter.inputs(spec.config, tokens=sn.text_tokens)],
         "objective": sn.adapter.objective,
-        "pipeline": {"class": sn.adapter.pipeline, "components": list(sn.adapter.components)},
+        "pipeline": _pipeline(sn),
     }
+
+
+def _pipeline(sn: Supernet) -> dict[str, Any]:
+    """The pipeline around the denoiser: the components carried in this supernet (with their parameters and
+    bytes on disk), or for a denoiser alone the stock class and the components it would need."""
+    if not sn.components:
+        return {"class": sn.adapter.pipeline, "components": list(sn.adapter.components), "carried": {}}
+    carried = {}
+    for name, c in sn.components.items():
+        files = sn.component_dir(name)
+        carried[name] = {"class": c["class"], "role": c["role"], "params": c.get("params"),
+                         "bytes": sum((files / f).stat().st_size for f in c["files"] if (files / f).is_file()),
+                         "flops_per_call": c.get("flops")}
+    return {"class": sn.spec.pipeline["class"], "components": list(carried), "carried": carried,
+            "text_tokens": sn.text_tokens, "dropped": sn.spec.pipeline.get("dropped") or []}
 
 
 def _fmt(n: int) -> str:
@@ -95,6 +110,17 @@ def render(s: dict[str, Any], console: Console) -> None:
         console.print(f"  {knob}: {why}")
     console.print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in s["inputs"])
                   + f"  | objective: {s['objective']}")
+    pipe = s["pipeline"]
+    if pipe["carried"]:
+        tab = Table(title=f"{pipe['class']}: components carried unchanged beside the denoiser")
+        for col in ("component", "class", "role", "params", "bytes", "FLOPs/call"):
+            tab.add_column(col, no_wrap=True)
+        for name, c in pipe["carried"].items():
+            tab.add_row(name, c["class"], c["role"], _fmt(c["params"]) if c["params"] else "-",
+                        _fmt(c["bytes"]) + "B", _fmt(c["flops_per_call"]) if c["flops_per_call"] else "-")
+        console.print(tab)
+        if pipe["dropped"]:
+            console.print(f"not carried (optional in {pipe['class']}): {', '.join(pipe['dropped'])}")
 
 
 def inspect(supernet: str | Path | None = None, *, as_json: bool = False) -> dict[str, Any]:
