@@ -52,6 +52,22 @@ MODELS = {
                                                           norm_type="ada_norm_single", interpolation_scale=1,
                                                           use_additional_conditions=False)),
 }
+# The whole SD 1.5 pipeline (issue 13): CLIP ViT-L/14 text encoder (123M), the UNet above (860M), the KL VAE
+# (84M), PNDM scheduler, a CLIP tokenizer of 77 tokens (its vocabulary written locally: no download)
+PIPELINES = {
+    "sd15-pipeline": dict(
+        text_encoder=dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                          projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407),
+        vae=dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                 block_out_channels=(128, 256, 512, 512),
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+        scheduler=dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                       steps_offset=1),
+    ),
+}
+PIPELINE_PLANS = [("jetson-orin-nano-4gb", "4GB", "none"), ("jetson-orin-nano-4gb", "4GB", "sequential"),
+                  ("iphone-15-pro", "3GB", "none"), ("iphone-15-pro", "3GB", "sequential")]
 TARGETS = {"convert_s": 600, "convert_rss_gb": 12, "plan_cold_s": 60, "plan_warm_s": 2, "plan_bound_s": 2,
            "export_s": 600, "export_full_s": 600, "parity_rel": 1e-4}
 
@@ -153,6 +169,81 @@ def run_model(key: str, work: Path, mem: str, old: dict | None = None) -> dict:
     return out
 
 
+def build_pipeline(key: str, src: Path) -> None:
+    """The SD 1.5 pipeline folder by stock diffusers + transformers (seeded random weights)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tiny_pipelines import write_tokenizer
+
+    cfg = PIPELINES[key]
+    torch.manual_seed(0)
+    tok = write_tokenizer(src / "tokenizer", tokens=77)
+    StableDiffusionPipeline(
+        vae=AutoencoderKL(**cfg["vae"]), text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        tokenizer=tok, unet=UNet2DConditionModel(**MODELS["sd15-unet"][1]), scheduler=PNDMScheduler(**cfg["scheduler"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(str(src))
+
+
+def run_pipeline(key: str, work: Path, old: dict | None = None) -> dict:
+    """convert the pipeline folder, plan it for the Jetson Orin Nano 4 GB and the iPhone 15 Pro (all components
+    resident and sequential offload), export the Jetson plan to ONNX with every component."""
+    d = work / key
+    d.mkdir(parents=True, exist_ok=True)
+    src = d / "src"
+    t0 = time.perf_counter()
+    if not (src / "model_index.json").exists():
+        build_pipeline(key, src)
+    build_s = time.perf_counter() - t0
+    params = {c: source_parameters(src / c) for c in ("text_encoder", "unet", "vae")}
+    cache = d / "cache"
+    env = {**os.environ, "FINE_DEPLOY_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out: dict = {"model": key, "class": "StableDiffusionPipeline", "config": PIPELINES[key], "params": params,
+                 "build_s": round(build_s, 1), "load_before": os.getloadavg()[0], "steps": {}, "plans": {}}
+    s = out["steps"]
+    sn = d / "sn"
+    print(f"[{key}] convert ...", flush=True)
+    if not (sn / "supernet.json").exists():
+        s["convert"] = step(["convert", "--from-diffusers", src, "-o", sn], env, d / "convert.log")
+        if s["convert"]["rc"]:
+            return out
+    elif old and "convert" in old.get("steps", {}):
+        s["convert"] = old["steps"]["convert"]
+    for device, mem, offload in PIPELINE_PLANS:
+        name = f"plan_{device}_{offload}"
+        print(f"[{key}] {name} ...", flush=True)
+        s[name] = step(["plan", "--device", device, "--mem", mem, "--offload", offload, "--supernet", sn,
+                        "-o", d / f"{name}.json"], env, d / f"{name}.log")
+        if s[name]["rc"] == 0:
+            pr = json.loads((d / f"{name}.json").read_text())["predicted"]
+            out["plans"][name] = {"memory_bytes": pr["memory_bytes"],
+                                  "denoiser_memory_bytes": pr["denoiser_memory_bytes"],
+                                  "memory_share": pr["pipeline"]["memory_share"],
+                                  "components": {n: {k: c[k] for k in ("params", "weight_bytes", "activation_bytes",
+                                                                        "latency_s")}
+                                                 for n, c in pr["pipeline"]["components"].items()},
+                                  "budget": mem, "offload": offload}
+    first = next((f"plan_{dv}_{o}" for dv, _, o in PIPELINE_PLANS if s.get(f"plan_{dv}_{o}", {}).get("rc") == 0), None)
+    if first is not None:
+        print(f"[{key}] export onnx ({first}) ...", flush=True)
+        exp = d / "onnx"
+        if exp.exists():
+            import shutil
+
+            shutil.rmtree(exp)
+        s["export_onnx"] = step(["export", "--plan", d / f"{first}.json", "--format", "onnx", "-o", exp], env,
+                                d / "export.log")
+        out["parity"], out["onnx"] = [], {}
+        if s["export_onnx"]["rc"] == 0:
+            record_export(out, exp, first)
+            m = json.loads((exp / "manifest.json").read_text())
+            out["onnx"]["components"] = {n: c.get("model") or c.get("files") for n, c in m["components"].items()}
+    out["load_after"] = os.getloadavg()[0]
+    return out
+
+
 def source_parameters(src: Path) -> int:
     from safetensors import safe_open
 
@@ -196,7 +287,7 @@ def git_commit() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=[*MODELS, *PIPELINES], choices=[*MODELS, *PIPELINES])
     ap.add_argument("--work", default=None, help="scratch folder (kept: re-runs reuse saved sources and supernets)")
     ap.add_argument("--mem", default="16GB")
     ap.add_argument("--json", default="benchmarks/results/real_size.json")
@@ -206,12 +297,14 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.exists() else {}
     results = {r["model"]: r for r in old.get("results", [])}
     for key in args.models:
-        results[key] = run_model(key, work, args.mem, results.get(key))
+        results[key] = (run_pipeline(key, work, results.get(key)) if key in PIPELINES
+                        else run_model(key, work, args.mem, results.get(key)))
+        configs = {**MODELS, **PIPELINES}
         record = {"schema": 1, "benchmark": "real_size", "git_commit": git_commit(), "args": vars(args),
-                  "inputs": {k: hashlib.sha256(json.dumps(MODELS[k], sort_keys=True).encode()).hexdigest()[:16]
+                  "inputs": {k: hashlib.sha256(json.dumps(configs[k], sort_keys=True).encode()).hexdigest()[:16]
                              for k in results},
                   "protocol": "one CLI process per step, wall clock, peak RSS of that process; 2-core shared host",
-                  "targets": TARGETS, "results": [results[k] for k in MODELS if k in results]}
+                  "targets": TARGETS, "results": [results[k] for k in configs if k in results]}
         path.write_text(json.dumps(record, indent=2) + "\n")
         print_table(record)
 
@@ -225,6 +318,9 @@ def print_table(record: dict) -> None:
               "parity"):
         tab.add_column(c)
     for r in record["results"]:
+        if "plans" in r:  # a whole pipeline: printed by print_pipeline
+            continue
+
         def cell(k: str, s: dict = r["steps"]) -> str:
             if k not in s:
                 return "-"
@@ -235,6 +331,25 @@ def print_table(record: dict) -> None:
         tab.add_row(r["model"], f"{(r.get('params') or 0) / 1e6:.0f}M", cell("convert"), cell("plan_cold"),
                     cell("plan_warm"), cell("plan_bound"), cell("export_onnx"), cell("export_onnx_full"),
                     f"{par:.1e}" if par else "-")
+    Console(width=160).print(tab)
+    for r in record["results"]:
+        if "plans" in r:
+            print_pipeline(r)
+
+
+def print_pipeline(r: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"{r['model']}: {', '.join(f'{k} {v / 1e6:.0f}M' for k, v in r['params'].items())}")
+    for c in ("step", "wall s / peak RSS GB", "memory (pipeline)", "denoiser", "shares"):
+        tab.add_column(c)
+    for name, st in r["steps"].items():
+        p = r["plans"].get(name, {})
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in p.get("memory_share", {}).items())
+        tab.add_row(name, f"{st['wall_s']} / {st['peak_rss_gb']}" + ("" if st["rc"] == 0 else " FAILED"),
+                    f"{p['memory_bytes'] / 2**30:.2f} GiB" if p else "-",
+                    f"{p['denoiser_memory_bytes'] / 2**30:.2f} GiB" if p else "-", shares or st["last_line"][:60])
     Console(width=160).print(tab)
 
 
