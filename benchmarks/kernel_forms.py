@@ -11,7 +11,7 @@ Timing: ONNX Runtime CPU, 1 intra-op thread, spinning off, the calling thread's 
 the minimum over rounds x runs, variants interleaved round by round; the whole comparison is
 repeated REPEATS times and the spread reported. Target: per-layer <= 1.02 x best uniform.
 
-    python benchmarks/kernels.py [--quick] [--json benchmarks/results/kernels.json]
+    python benchmarks/kernel_forms.py [--quick] [--json benchmarks/results/kernels.json]
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ import torch
 from fine_deploy.cost.graphs import LayerChoice
 from fine_deploy.cost.profiler import profile
 from fine_deploy.cost.timing import Protocol, measure_interleaved, run_timer
+from fine_deploy.cost.trace import layer_shapes
 from fine_deploy.export import export, uniform_kernels
 from fine_deploy.planner.schema import Plan
 from fine_deploy.runtime import SessionOptions, open_session
 from fine_deploy.supernet.convert import model_to_supernet
-from fine_deploy.supernet.core import SubnetConfig, layer_shapes
+from fine_deploy.supernet.core import SubnetConfig
 
 MARGIN = 0.10  # LUT entries within 10% of the fastest count as equally fast
 TARGET = 1.02
