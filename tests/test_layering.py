@@ -12,8 +12,8 @@ from pathlib import Path
 import fine_deploy
 
 # top to bottom; a name may import any name after it
-LAYERS = ["cli", "bench", "train", "sample", "export", "planner", "cost", "supernet", "zoo", "backbones", "runtime",
-          "fileio", "schemas", "validate", "paths", "console", "errors"]
+LAYERS = ["cli", "bench", "train", "sample", "export", "planner", "cost", "supernet", "zoo", "pipelines", "components",
+          "backbones", "runtime", "fileio", "schemas", "validate", "paths", "console", "errors"]
 ROOT = Path(fine_deploy.__file__).parent
 
 
