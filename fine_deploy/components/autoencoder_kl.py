@@ -33,10 +33,9 @@ class VaeDecoder(Component):
     def graph(self, model: nn.Module) -> nn.Module:
         return _Decoder(model).eval()
 
-    def deployed_params(self, model: nn.Module) -> int:
+    def deployed(self, model: nn.Module) -> nn.Module:
         post = getattr(model, "post_quant_conv", None)
-        parts = [model.decoder] + ([post] if post is not None else [])
-        return sum(p.numel() for m in parts for p in m.parameters())
+        return nn.ModuleList([model.decoder] + ([post] if post is not None else []))
 
     def scale_factor(self, model: nn.Module) -> int:
         return 2 ** (len(model.config.block_out_channels) - 1)

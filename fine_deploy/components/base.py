@@ -66,9 +66,12 @@ class Component:
         return {"params": int(params), "weight_bytes": int(4 * params), "flops": int(fc.get_total_flops()),
                 "activation_bytes": int(self.activation_bytes(model, inputs) + io_bytes)}
 
+    def deployed(self, model: nn.Module) -> nn.Module:
+        """The part of the network the exported graph holds (a VAE decoder leaves the encoder behind)."""
+        return model
+
     def deployed_params(self, model: nn.Module) -> int:
-        """Parameters the exported graph holds (a VAE decoder leaves the encoder behind)."""
-        return sum(p.numel() for p in model.parameters())
+        return sum(p.numel() for p in self.deployed(model).parameters())
 
     def activation_bytes(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> int:
         """The largest intermediate tensors alive at once during one call (an estimate, fp32)."""

@@ -134,7 +134,20 @@ def export(
                 if format == "trt":
                     _trt(tmp, inputs, manifest, meta, ref, fp16=fp16, dynamic_batch=dynamic_batch)
             elif format == "coreml":
-                _coreml(tmp, folded, inputs, ref, manifest, meta, fp16=fp16, target=deployment_target)
+                name = COREML_NAME
+                if pipeline:
+                    from fine_deploy.pipelines import pipeline_for
+
+                    name = f"{pipeline_for(sn.spec.pipeline['class']).coreml_denoiser}.mlpackage"
+                _coreml(tmp, folded, inputs, ref, manifest, meta, fp16=fp16, target=deployment_target, name=name)
+                if pipeline:
+                    from fine_deploy.export import components as ec
+
+                    ec.write_coreml(tmp, ec.networks(sn, batch, res), manifest, meta, fp16=fp16,
+                                    target=deployment_target)
+                    ec.copy_carried(tmp, sn, manifest)
+                    ec.write_bpe_files(tmp, sn)
+                    ec.write_index(tmp, sn, onnx_layout=False)
                 step("mlpackage written and checked")
             else:
                 _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
@@ -193,19 +206,29 @@ def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: d
     from fine_deploy.export import tensorrt_export as te
 
     shapes = {k: list(v.shape) for k, v in inputs.items()}
-    profile = te.profile_shapes(shapes, dynamic_batch, max_batch=max(2, 2 * meta["batch"]))
-    chk = te.check_onnx_for_tensorrt(tmp / ONNX_NAME, profile=True)
-    manifest.checks["tensorrt"] = chk.to_json()
-    te.require_compatible(chk, ONNX_NAME)
-    cmd = te.trtexec_command(ONNX_NAME, profile, dynamic=dynamic_batch, fp16=fp16)
-    atomic_write_bytes(tmp / te.TRTEXEC_FILE, te.trtexec_script(cmd).encode())
-    atomic_write_bytes(tmp / te.BUILD_SCRIPT, te.build_script(ONNX_NAME, profile, fp16=fp16).encode())
+    main = manifest.model  # the denoiser's ONNX file (unet/model.onnx in a pipeline bundle)
+    profiles = {main: te.profile_shapes(shapes, dynamic_batch, max_batch=max(2, 2 * meta["batch"]))}
+    for comp in manifest.components.values():  # a pipeline's other networks: fixed shapes
+        if "model" in comp:
+            profiles[comp["model"]] = te.profile_shapes({i["name"]: i["shape"] for i in comp["inputs"]}, False, 1)
+    checks = {}
+    for name in profiles:
+        chk = te.check_onnx_for_tensorrt(tmp / name, profile=True)
+        checks[name] = chk.to_json()
+        te.require_compatible(chk, name)
+    manifest.checks["tensorrt"] = checks[main] if len(checks) == 1 else {"models": checks}
+    cmds = [te.trtexec_command(name, p, dynamic=dynamic_batch and name == main, fp16=fp16)
+            for name, p in profiles.items()]
+    atomic_write_bytes(tmp / te.TRTEXEC_FILE, te.trtexec_script(cmds).encode())
+    atomic_write_bytes(tmp / te.BUILD_SCRIPT, te.build_script(profiles, fp16=fp16).encode())
     (tmp / te.TRTEXEC_FILE).chmod(0o755)
     (tmp / te.BUILD_SCRIPT).chmod(0o755)
-    manifest.checks["tensorrt"].update({"profile": profile, "trtexec": cmd, "build_script": te.BUILD_SCRIPT,
+    manifest.checks["tensorrt"].update({"profile": profiles[main], "profiles": profiles, "trtexec": cmds[0],
+                                        "trtexec_all": cmds, "build_script": te.BUILD_SCRIPT,
                                         "engine_built": False})
     if te.engine_available():
-        engine = te.build_engine_here(tmp)
+        te.build_engine_here(tmp)
+        engine = tmp / te.engine_name(main)
         from fine_deploy.runtime import SessionOptions, open_session
 
         with open_session(engine, SessionOptions(), "tensorrt") as s:
@@ -214,8 +237,11 @@ def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: d
         tol = par.FP16_REL_TOL if fp16 else 1e-3  # TensorRT may pick TF32 tactics for fp32 layers
         pt = par.compare(out, ref, runtime="tensorrt", reference="torch", tolerance=tol, inputs=meta)
         manifest.parity.append(pt.to_json())
-        par.require(pt, te.ENGINE)
-        manifest.model = te.ENGINE
+        par.require(pt, te.engine_name(main))
+        manifest.model = te.engine_name(main)
+        for comp in manifest.components.values():
+            if "model" in comp:
+                comp["engine"] = te.engine_name(comp["model"])
         manifest.checks["tensorrt"].update({"engine_built": True, "built_with": versions})
     else:
         manifest.notes.append(
@@ -225,12 +251,12 @@ def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: d
 
 
 def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
-            meta: dict, *, fp16: bool, target: str) -> None:
+            meta: dict, *, fp16: bool, target: str, name: str = COREML_NAME) -> None:
     from fine_deploy.export import coreml_export as ce
 
-    path = tmp / COREML_NAME
+    path = tmp / name
     ce.export_coreml(folded.model, inputs, path, adapter=folded.adapter, fp16=fp16, deployment_target=target)
-    manifest.model = COREML_NAME
+    manifest.model = name
     manifest.checks["coreml"] = ce.check_package(path, folded.model, inputs, fp16=fp16)
     feeds = {k: (v.numpy().astype(np.int32) if not v.is_floating_point() else v.numpy()) for k, v in inputs.items()}
     out = ce.predict(path, feeds)

@@ -104,6 +104,50 @@ def write_onnx(tmp: Path, nets: list[Network], manifest: Any, meta: dict, *, ops
             "parity_rel": max(p.rel for p in checks)}
 
 
+def coreml_name(net: Network) -> str:
+    """ml-stable-diffusion's package names: TextEncoder, TextEncoder2 (SDXL's second), VAEDecoder."""
+    if net.kind.role == "text_encoder":
+        return net.kind.coreml_name + net.name.removeprefix("text_encoder").lstrip("_")
+    return net.kind.coreml_name
+
+
+def write_coreml(tmp: Path, nets: list[Network], manifest: Any, meta: dict, *, fp16: bool, target: str) -> None:
+    """One .mlpackage per network, its interface and weights checked here, predictions compared on macOS."""
+    from fine_deploy.export import coreml_export as ce
+
+    for net in nets:
+        path = tmp / f"{coreml_name(net)}.mlpackage"
+        ce.export_coreml(net.kind.graph(net.model), net.inputs, path, adapter=None, fp16=fp16,
+                         deployment_target=target, output_names=net.kind.output_names)
+        check = ce.check_package(path, net.kind.deployed(net.model), net.inputs, fp16=fp16,
+                                 output_names=net.kind.output_names)
+        manifest.components[net.name] = {"role": net.kind.role, "model": path.name, "inputs": _specs(net.inputs),
+                                         "outputs": [{"name": k, "shape": list(v.shape), "dtype": "float32"}
+                                                     for k, v in net.ref.items()], "coreml": check}
+        got = ce.predict_all(path, _feeds(net.inputs))
+        if got is not None:
+            checks = _compare(net, got, "coreml", par.FP16_REL_TOL, meta)
+            manifest.parity.extend(p.to_json() for p in checks)
+            manifest.components[net.name]["parity_rel"] = max(p.rel for p in checks)
+
+
+def write_bpe_files(tmp: Path, sn: Any) -> None:
+    """vocab.json and merges.txt of the first tokenizer, which ml-stable-diffusion's Swift tokenizer reads."""
+    import json
+
+    from fine_deploy.pipelines import pipeline_for
+
+    tok = sn.component_dir(pipeline_for(sn.spec.pipeline["class"]).text_encoders[0][1])
+    if (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file():
+        shutil.copyfile(tok / "vocab.json", tmp / "vocab.json")
+        shutil.copyfile(tok / "merges.txt", tmp / "merges.txt")
+        return
+    model = json.loads((tok / "tokenizer.json").read_text())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    atomic_write_json(tmp / "vocab.json", model["vocab"])
+    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
 def _specs(inputs: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     return [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in inputs.items()]
 

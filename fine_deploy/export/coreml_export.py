@@ -32,58 +32,81 @@ def _ct():
     return ct
 
 
-def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, *, adapter: Adapter, fp16: bool,
-                  deployment_target: str = "iOS16") -> Any:
+def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, *, adapter: Adapter | None,
+                  fp16: bool, deployment_target: str = "iOS16", output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> Any:
+    """With an `adapter`, `model` is a backbone fed by its named inputs; without, `model` is already the graph
+    (a pipeline component's) with positional `inputs` and outputs `output_names`."""
     if deployment_target not in TARGETS:
         raise FineDeployError(f"deployment target {deployment_target!r} is unknown; use one of {', '.join(TARGETS)}")
     ct = _ct()
-    wrapper = ExportWrapper(model, list(inputs), adapter).eval()
+    wrapper = (ExportWrapper(model, list(inputs), adapter) if adapter is not None else model).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             program = torch.export.export(wrapper, tuple(inputs.values())).run_decompositions({})
         except Exception as e:  # torch.export raises many types for untraceable code
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise FineDeployError(f"torch.export could not capture the subnet for Core ML: {first}") from None
+            raise FineDeployError(f"torch.export could not capture the model for Core ML: {first}") from None
+        _drop_aliases(program)
         ct_inputs = [
             ct.TensorType(name=k, shape=tuple(v.shape), dtype=np.float32 if v.is_floating_point() else np.int32)
             for k, v in inputs.items()
         ]
-        mlmodel = ct.convert(
-            program,
-            inputs=ct_inputs,
-            outputs=[ct.TensorType(name=OUTPUT_NAME)],
-            convert_to="mlprogram",
-            compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
-            minimum_deployment_target=getattr(ct.target, deployment_target),
-            skip_model_load=True,
-        )
+        try:
+            mlmodel = _convert(ct, program, ct_inputs, output_names, fp16, deployment_target)
+        except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FineDeployError(f"coremltools could not convert the model: {first}") from None
     mlmodel.save(str(path))
     return mlmodel
 
 
-def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor], *, fp16: bool) -> dict[str, Any]:
-    """Load the package spec without compiling it; check names, shapes and that weights equal the folded ones."""
-    ct = _ct()
-    from coremltools.optimize.coreml import get_weights_metadata
+def _drop_aliases(program: Any) -> None:
+    """aten.alias is a no-op view that coremltools' torch.export frontend does not know (transformers' CLIP
+    slices its position_ids buffer into one): its users read its input instead."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.op == "call_function" and str(node.target).startswith("aten.alias"):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
 
+
+def _convert(ct: Any, program: Any, ct_inputs: list, output_names: tuple[str, ...], fp16: bool, target: str) -> Any:
+    return ct.convert(
+            program,
+            inputs=ct_inputs,
+            outputs=[ct.TensorType(name=n) for n in output_names],
+            convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
+            minimum_deployment_target=getattr(ct.target, target),
+            skip_model_load=True,
+        )
+
+
+def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor], *, fp16: bool,
+                  output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> dict[str, Any]:
+    """Load the package spec without compiling it; check names, shapes and that weights equal `model`'s (the
+    folded subnet, or the part of a component the graph uses)."""
+    ct = _ct()
     loaded = ct.models.MLModel(str(path), skip_model_load=True)
     desc = loaded.get_spec().description
     got_in = {f.name: [int(d) for d in f.type.multiArrayType.shape] for f in desc.input}
     want_in = {k: list(v.shape) for k, v in inputs.items()}
-    if got_in != want_in or [f.name for f in desc.output] != [OUTPUT_NAME]:
+    if got_in != want_in or [f.name for f in desc.output] != list(output_names):
         raise FineDeployError(f"Core ML package has inputs {got_in} / outputs {[f.name for f in desc.output]}, "
-                              f"expected {want_in} / {[OUTPUT_NAME]}; re-export")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        consts = {k: np.asarray(v.val) for k, v in get_weights_metadata(loaded, weight_threshold=1).items()}
+                              f"expected {want_in} / {list(output_names)}; re-export")
+    consts = _consts(loaded)
     rtol = 1e-3 if fp16 else 0.0
     by_size: dict[int, list[np.ndarray]] = {}
     for v in consts.values():
         by_size.setdefault(v.size, []).append(v.astype(np.float64))
-    checked, worst, missing = 0, 0.0, []
+    checked, worst, missing, uniform = 0, 0.0, [], 0
     for name, p in model.named_parameters():  # yields a shared Parameter once
         want = p.detach().double().numpy()
+        if want.size > 1 and np.all(want == want.flat[0]):
+            uniform += 1  # a scale of ones / shift of zeros: the converter may fold it into its neighbour op
+            continue
         # the converter renames weights and stores matmul weights transposed (as `linear` takes them)
         views = [want] + ([want.T] if want.ndim == 2 else [])
         scale = float(np.abs(want).max()) or 1.0
@@ -98,14 +121,43 @@ def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor],
         what = (f"{len(missing)} weights are missing (e.g. {missing[0]})" if missing
                 else f"weights differ by {worst:.1e}")
         raise FineDeployError(f"Core ML package does not hold the folded weights: {what}; re-export")
-    return {"inputs": got_in, "outputs": [OUTPUT_NAME], "weights_checked": checked, "weights_max_rel_diff": worst,
+    return {"inputs": got_in, "outputs": list(output_names), "weights_checked": checked,
+            "uniform_weights_not_matched": uniform, "weights_max_rel_diff": worst,
             "consts": len(consts)}
+
+
+def _consts(mlmodel: Any) -> dict[str, np.ndarray]:
+    """Every constant array of the package's ML program (what get_weights_metadata lists, without its crash on
+    ops whose inputs are lists, e.g. a concat of CLIP's hidden states)."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.models import utils as model_utils
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = model_utils._convert_model_spec_to_pymil_prog(mlmodel, mlmodel.get_spec().specificationVersion,
+                                                             milproto.load)
+    out: dict[str, np.ndarray] = {}
+
+    def walk(block: Any) -> None:
+        for op in block.operations:
+            for b in op.blocks:
+                walk(b)
+            if op.op_type == "const" and isinstance(getattr(op.val, "val", None), np.ndarray) and op.val.val.size > 1:
+                out[op.name] = np.asarray(op.val.val)
+
+    for fn in prog.functions.values():
+        walk(fn)
+    return out
 
 
 def predict(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
     """Core ML prediction (macOS only); None elsewhere."""
+    out = predict_all(path, feeds)
+    return None if out is None else out[OUTPUT_NAME]
+
+
+def predict_all(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
     if sys.platform != "darwin":
         return None
     ct = _ct()
-    out = ct.models.MLModel(str(path)).predict(feeds)
-    return np.asarray(out[OUTPUT_NAME])
+    return {k: np.asarray(v) for k, v in ct.models.MLModel(str(path)).predict(feeds).items()}

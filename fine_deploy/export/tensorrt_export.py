@@ -120,9 +120,16 @@ def _spec(profile: dict[str, dict[str, list[int]]], key: str) -> str:
     return ",".join(f"{n}:{'x'.join(map(str, p[key]))}" for n, p in profile.items())
 
 
+def engine_name(onnx_name: str) -> str:
+    """The engine built from an ONNX file sits beside it: model.onnx -> model.engine, unet/model.onnx ->
+    unet/model.engine."""
+    return str(Path(onnx_name).with_name(ENGINE).as_posix())
+
+
 def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, dynamic: bool, fp16: bool,
                     int8: bool = False, workspace_mib: int = 4096) -> list[str]:
-    cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={ENGINE}", f"--timingCacheFile={TIMING_CACHE}",
+    cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name(onnx_name)}",
+           f"--timingCacheFile={TIMING_CACHE}",
            f"--memPoolSize=workspace:{workspace_mib}"]
     if dynamic:
         cmd += [f"--minShapes={_spec(profile, 'min')}", f"--optShapes={_spec(profile, 'opt')}",
@@ -135,11 +142,12 @@ def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *,
 
 
 _SCRIPT = '''#!/usr/bin/env python3
-"""Build the TensorRT engine for model.onnx on THIS machine (written by fine-deploy export).
+"""Build the TensorRT engine of every ONNX model of this bundle on THIS machine (written by fine-deploy export).
 
 TensorRT engines only run on the GPU model and TensorRT version that built them, so run this on the
-target device:  python3 build_engine.py  [--fp16/--no-fp16] [--int8] [--workspace-mib N]
-Needs only the tensorrt Python package (JetPack ships it).
+target device:  python3 build_engine.py  [--only unet/model.onnx] [--fp16/--no-fp16] [--int8] [--workspace-mib N]
+Each engine is written beside its ONNX file (model.onnx -> model.engine). Needs only the tensorrt Python
+package (JetPack ships it).
 """
 import argparse
 import json
@@ -154,21 +162,28 @@ SETTINGS = json.loads(r"""__SETTINGS__""")
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--onnx", default=str(HERE / SETTINGS["onnx"]))
-    ap.add_argument("--engine", default=str(HERE / "__ENGINE__"))
+    ap.add_argument("--only", choices=sorted(SETTINGS["engines"]), help="build one model's engine")
     ap.add_argument("--timing-cache", default=str(HERE / "__CACHE__"))
     ap.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=SETTINGS["fp16"])
     ap.add_argument("--int8", action="store_true", help="needs Q/DQ nodes in the ONNX (no calibrator here)")
     ap.add_argument("--workspace-mib", type=int, default=SETTINGS["workspace_mib"])
     args = ap.parse_args()
+    for onnx_name, spec in sorted(SETTINGS["engines"].items()):
+        if args.only in (None, onnx_name):
+            rc = build(args, str(HERE / onnx_name), str(HERE / spec["engine"]), spec["profile"])
+            if rc:
+                return rc
+    return 0
 
+
+def build(args, onnx_path, engine_path, shapes):
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(args.onnx):
+    if not parser.parse_from_file(onnx_path):
         for i in range(parser.num_errors):
             print(f"build_engine: parse error: {parser.get_error(i)}", file=sys.stderr)
         return 1
@@ -185,18 +200,18 @@ def main():
     if dynamic:
         profile = builder.create_optimization_profile()
         for t in dynamic:
-            p = SETTINGS["profile"][t.name]
+            p = shapes[t.name]
             profile.set_shape(t.name, p["min"], p["opt"], p["max"])
         config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         print("build_engine: TensorRT could not build the engine; see its log above", file=sys.stderr)
         return 1
-    tmp = Path(args.engine + ".tmp")
+    tmp = Path(engine_path + ".tmp")
     tmp.write_bytes(bytes(serialized))
-    tmp.replace(args.engine)
+    tmp.replace(engine_path)
     cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    print(f"build_engine: wrote {args.engine} (TensorRT {trt.__version__})")
+    print(f"build_engine: wrote {engine_path} (TensorRT {trt.__version__})")
     return 0
 
 
@@ -205,17 +220,19 @@ if __name__ == "__main__":
 '''
 
 
-def build_script(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, fp16: bool,
+def build_script(profiles: dict[str, dict[str, dict[str, list[int]]]], *, fp16: bool,
                  workspace_mib: int = 4096) -> str:
-    settings = {"onnx": onnx_name, "profile": profile, "fp16": fp16, "workspace_mib": workspace_mib}
-    return (_SCRIPT.replace("__SETTINGS__", json.dumps(settings, indent=2, sort_keys=True))
-            .replace("__ENGINE__", ENGINE).replace("__CACHE__", TIMING_CACHE))
+    """The bundle's build script: one engine per ONNX file (`profiles`: ONNX path -> its inputs' shapes)."""
+    engines = {name: {"engine": engine_name(name), "profile": p} for name, p in profiles.items()}
+    settings = {"engines": engines, "fp16": fp16, "workspace_mib": workspace_mib}
+    return _SCRIPT.replace("__SETTINGS__", json.dumps(settings, indent=2, sort_keys=True)).replace(
+        "__CACHE__", TIMING_CACHE)
 
 
-def trtexec_script(cmd: list[str]) -> str:
-    return ("#!/bin/sh\n# Build the TensorRT engine on the target device (engines are tied to its GPU and\n"
-            "# TensorRT version). Written by fine-deploy export.\ncd \"$(dirname \"$0\")\" && \\\n"
-            + " ".join(shlex.quote(c) for c in cmd) + "\n")
+def trtexec_script(cmds: list[list[str]]) -> str:
+    return ("#!/bin/sh\n# Build the TensorRT engines on the target device (engines are tied to its GPU and\n"
+            "# TensorRT version). Written by fine-deploy export.\nset -e\ncd \"$(dirname \"$0\")\"\n"
+            + "".join(" ".join(shlex.quote(c) for c in cmd) + "\n" for cmd in cmds))
 
 
 def engine_available() -> bool:
@@ -226,7 +243,8 @@ def engine_available() -> bool:
 
 
 def build_engine_here(directory: Path, timeout_s: int = 3600) -> Path:
-    """Run the bundle's own build script (the code the device will run) to make the engine here."""
+    """Run the bundle's own build script (the code the device will run) to make its engines here; returns the
+    bundle directory (each engine lies beside its ONNX file, see `engine_name`)."""
     r = subprocess.run([sys.executable, str(directory / BUILD_SCRIPT)], capture_output=True, text=True,
                        timeout=timeout_s)
     if r.returncode != 0:
@@ -234,4 +252,4 @@ def build_engine_here(directory: Path, timeout_s: int = 3600) -> Path:
         raise FineDeployError(
             f"TensorRT engine build failed: {last}; the bundle itself is fine, build it on the device"
         )
-    return directory / ENGINE
+    return directory

@@ -24,6 +24,7 @@ class Pipeline:
     # components the stock class accepts as null in model_index.json (dropped or absent here)
     optional: ClassVar[tuple[str, ...]] = ("safety_checker", "feature_extractor", "image_encoder")
     guidance: ClassVar[float] = 7.5  # the stock pipeline's default guidance_scale
+    coreml_denoiser: ClassVar[str] = "Unet"  # ml-stable-diffusion's package name for the denoiser
 
     def text_tokens(self, lengths: list[int], config: dict[str, Any]) -> int:
         """The length of the denoiser's text sequence, from the tokenizers' lengths."""

@@ -19,6 +19,7 @@ class StableDiffusion3(Pipeline):
     text_encoders = (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"))
     optional = ("image_encoder", "feature_extractor", "text_encoder_3", "tokenizer_3")
     guidance = 7.0
+    coreml_denoiser = "MultiModalDiffusionTransformer"
     t5_tokens = 256  # the stock pipeline's default max_sequence_length
 
     def text_tokens(self, lengths: list[int], config: dict[str, Any]) -> int:
