@@ -138,6 +138,7 @@ def test_plan_splits_memory_by_component_and_sequential_offload_lowers_it(walked
     assert seq["memory_bytes"] == pytest.approx(max(den, largest), abs=1)
     assert full["memory_bytes"] - seq["memory_bytes"] == pytest.approx(den + weights + acts - max(den, largest), abs=2)
     assert sum(full["pipeline"]["memory_share"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert max(seq["pipeline"]["memory_share"].values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_pipeline_latency_budget_counts_every_component(walked, tmp_path):
@@ -204,3 +205,35 @@ def test_prompt_needs_a_pipeline_and_a_pipeline_needs_a_prompt(walked, tmp_path)
             match="denoiser alone")
     refused(["plan", "--device", "host", "--mem", "1GB", "--offload", "sideways", "--supernet", str(root / "sn"),
              "-o", str(tmp_path / "p.json")], tmp_path, match="--offload")
+
+
+def test_trt_bundle_builds_every_component_with_one_script(walked, tmp_path):
+    import ast
+
+    name, root = walked
+    cli("export", "--plan", root / "plan.json", "--supernet", root / "sn", "--format", "trt", "-o", tmp_path / "trt")
+    m = json.loads((tmp_path / "trt" / "manifest.json").read_text())
+    onnx_files = {str(p.relative_to(tmp_path / "trt")) for p in (tmp_path / "trt").rglob("model.onnx")}
+    assert set(m["checks"]["tensorrt"]["profiles"]) == onnx_files and len(onnx_files) >= 3
+    script = (tmp_path / "trt" / "build_engine.py").read_text()
+    ast.parse(script)
+    settings = json.loads(script.split('json.loads(r"""')[1].split('""")')[0])
+    assert {k: v["engine"] for k, v in settings["engines"].items()} == {
+        f: f.replace("model.onnx", "model.engine") for f in onnx_files}
+    lines = [x for x in (tmp_path / "trt" / "trtexec.sh").read_text().splitlines() if x.startswith("trtexec")]
+    assert len(lines) == len(onnx_files)
+
+
+def test_coreml_packages_per_component(walked, tmp_path):
+    name, root = walked
+    if name != "sd":
+        pytest.skip("one pipeline is enough for the Core ML layout (conversion takes ~20 s per pipeline)")
+    cli("export", "--plan", root / "plan.json", "--supernet", root / "sn", "--format", "coreml", "-o", tmp_path / "c")
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["model"] == "Unet.mlpackage"
+    assert {c.get("model") for c in m["components"].values()} >= {"TextEncoder.mlpackage", "VAEDecoder.mlpackage"}
+    for c in m["components"].values():
+        if "coreml" in c:
+            assert c["coreml"]["weights_checked"] > 0 and c["coreml"]["weights_max_rel_diff"] == 0.0
+    vocab = json.loads((tmp_path / "c" / "vocab.json").read_text())
+    assert "<|endoftext|>" in vocab and (tmp_path / "c" / "merges.txt").read_text().startswith("#version")

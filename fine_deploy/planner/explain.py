@@ -130,4 +130,6 @@ def _print_pipeline(console, pipe: dict[str, Any], denoiser_bytes: int) -> None:
     for name, c in pipe["components"].items():
         parts.append(f"{name} {format_bytes(c['weight_bytes'])} ({100 * share[name]:.0f}%, "
                      f"{format_seconds(c['latency_s'])} ×{c['calls_per_image']:g})")
+    if "activations" in share:
+        parts.append(f"their activations ({100 * share['activations']:.0f}%)")
     console.print(f"pipeline {pipe['class']}, offload {pipe['offload']}: " + ", ".join(parts))

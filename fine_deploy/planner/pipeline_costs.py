@@ -61,13 +61,18 @@ class PipelineCost:
     def to_json(self, denoiser_bytes: float, forward_s: float, steps: int | None, batch: int) -> dict[str, Any]:
         comps = {n: {k: c[k] for k in ("class", "role", "params", "weight_bytes", "activation_bytes", "latency_s",
                                         "calls_per_image", "latency_source")} for n, c in self.components.items()}
-        total = self.total_memory(denoiser_bytes)
-        shares = {n: round((c["weight_bytes"] + (c["activation_bytes"] if self.offload == "sequential" else 0))
-                           / total, 4) for n, c in comps.items()} if total else {}
+        total = self.total_memory(denoiser_bytes) or 1.0
+        # all resident: the parts of the total (they sum to 1, the other components' peak activation apart);
+        # sequential: each part's own peak against the pipeline's (the largest is 1)
+        seq = self.offload == "sequential"
+        shares = {n: round((c["weight_bytes"] + (c["activation_bytes"] if seq else 0)) / total, 4)
+                  for n, c in comps.items()}
+        if not seq:
+            shares["activations"] = round(max((c["activation_bytes"] for c in comps.values()), default=0) / total, 4)
         return {
             "class": self.pipeline, "offload": self.offload, "denoiser_passes_per_step": self.passes,
             "components": comps, "memory_bytes": int(round(total)),
-            "memory_share": {"denoiser": round(denoiser_bytes / total, 4) if total else 0.0, **shares},
+            "memory_share": {"denoiser": round(denoiser_bytes / total, 4), **shares},
             "fixed_latency_per_image_s": float(f"{self.fixed_latency_s:.9g}"),
             "latency_per_image_s": float(f"{self.per_image(forward_s, steps, batch):.9g}") if steps else None,
         }
