@@ -121,6 +121,16 @@ def test_sample_from_a_prompt_matches_stock_diffusers(walked, fmt, tmp_path):
     assert np.abs(stock - stock.mean()).mean() > 1e-3  # not a flat image: the comparison can fail
 
 
+def test_sample_compare_puts_the_full_pipeline_beside(walked, tmp_path):
+    """--compare: the same prompt and seeds through the full supernet's pipeline in PyTorch (the plan here keeps
+    every knob at its best value, so the two must agree to export parity)."""
+    _, root = walked
+    png = tmp_path / "cmp.png"
+    cli("sample", root / "onnx", "--prompt", "a photo of a dog", "--steps", "3", "-n", "2", "--compare", "-o", png)
+    rec = json.loads(png.with_suffix(".json").read_text())
+    assert rec["pipeline"]["runtime"] == "onnxruntime-cpu" and rec["compare"]["mean_abs_diff"] < 1e-4
+
+
 def test_plan_splits_memory_by_component_and_sequential_offload_lowers_it(walked, tmp_path):
     _, root = walked
     full = json.loads((root / "plan.json").read_text())["predicted"]

@@ -132,13 +132,14 @@ def parts_from_export(directory: Path, manifest: Any, backend: str, threads: int
                 for enc, _ in pipe.text_encoders}
     tokenizers = {enc: _load_tokenizer(directory / tok) for enc, tok in pipe.text_encoders}
     vae_name = next(n for n, c in comps.items() if c["role"] == "vae")
-    vae = _session_network(open_session(directory / comps[vae_name]["model"], opts, backend))
+    vae_session = open_session(directory / comps[vae_name]["model"], opts, backend)
+    vae = _session_network(vae_session)
     vae_config = read_json(directory / comps[vae_name]["model"].rsplit("/", 1)[0] / "config.json",
                            missing="re-export", invalid="re-export")
     sched = read_json(directory / "scheduler" / "scheduler_config.json", missing="re-export", invalid="re-export")
     den_cfg = read_json(directory / manifest.model.rsplit("/", 1)[0] / "config.json", missing="re-export",
                         invalid="re-export")
-    return PipelineParts(pipe, den_cfg, tokenizers, encoders, vae, vae_config, sched, backend)
+    return PipelineParts(pipe, den_cfg, tokenizers, encoders, vae, vae_config, sched, vae_session.backend)
 
 
 def parts_of_supernet(sn: Any) -> PipelineParts:
