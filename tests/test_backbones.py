@@ -181,8 +181,11 @@ def test_unsupported_class_and_pipeline_folder_are_one_line(tmp_path):
     AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4).save_pretrained(tmp_path / "vae")
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    (tmp_path / "flux").mkdir()
+    (tmp_path / "flux" / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     for src, msg in ((tmp_path / "vae", "AutoencoderKL is not supported; supported: DiTTransformer2DModel"),
-                     (tmp_path / "pipe", "is a pipeline folder")):
+                     (tmp_path / "pipe", "component 'unet' is missing"),
+                     (tmp_path / "flux", "'FluxPipeline' is not supported whole")):
         res = CliRunner().invoke(app, ["convert", "--from-diffusers", str(src), "-o", str(tmp_path / "sn")])
         assert res.exit_code == 2, res.output
         assert msg in res.output and len(res.output.strip().splitlines()) == 1, res.output

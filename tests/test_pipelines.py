@@ -43,7 +43,7 @@ def test_inspect_lists_carried_components(walked):
     s = json.loads(cli("inspect", root / "sn", "--json"))
     carried = s["pipeline"]["carried"]
     want = {"text_encoder", "tokenizer", "vae", "scheduler"}
-    want |= {"text_encoder_2", "tokenizer_2"} if name == "sd3" else set()
+    want |= {"text_encoder_2", "tokenizer_2"} if name in ("sd3", "sdxl") else set()
     assert set(carried) == want
     for c in carried.values():
         assert c["bytes"] > 0
@@ -64,10 +64,10 @@ def test_every_onnx_component_runs_in_stock_onnxruntime(walked):
 
     name, root = walked
     m = json.loads((root / "onnx" / "manifest.json").read_text())
-    den = "unet" if name == "sd" else "transformer"
+    den = "transformer" if name == "sd3" else "unet"
     assert m["model"] == f"{den}/model.onnx"
     folders = {p.parent.name for p in (root / "onnx").rglob("model.onnx")}
-    assert folders == {den, "text_encoder", "vae_decoder"} | ({"text_encoder_2"} if name == "sd3" else set())
+    assert folders == {den, "text_encoder", "vae_decoder"} | ({"text_encoder_2"} if name in ("sd3", "sdxl") else set())
     assert (root / "onnx" / "tokenizer" / "tokenizer_config.json").is_file()
     assert json.loads((root / "onnx" / "model_index.json").read_text())["vae_decoder"] == ["diffusers", "AutoencoderKL"]
     for comp in m["components"].values():
@@ -88,8 +88,9 @@ def test_diffusers_export_is_the_stock_pipeline(walked):
 
     name, root = walked
     m = json.loads((root / "diffusers" / "manifest.json").read_text())
-    assert m["checks"]["diffusers"]["pipeline"]["class"] == ("StableDiffusionPipeline" if name == "sd"
-                                                              else "StableDiffusion3Pipeline")
+    assert m["checks"]["diffusers"]["pipeline"]["class"] == {"sd": "StableDiffusionPipeline",
+                                                              "sdxl": "StableDiffusionXLPipeline",
+                                                              "sd3": "StableDiffusion3Pipeline"}[name]
     extra = {"text_encoder_3": None, "tokenizer_3": None} if name == "sd3" else {}
     pipe = DiffusionPipeline.from_pretrained(str(root / "diffusers"), **extra)
     pipe.set_progress_bar_config(disable=True)

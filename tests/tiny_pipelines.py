@@ -103,4 +103,23 @@ def sd3_pipeline(out: Path, seed: int = 0) -> Path:
     return out
 
 
-PIPELINES = {"sd": sd_pipeline, "sd3": sd3_pipeline}
+def sdxl_pipeline(out: Path, seed: int = 0) -> Path:
+    """StableDiffusionXLPipeline: CLIPTextModel + CLIPTextModelWithProjection, a text_time UNet, DDIM."""
+    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tok = write_tokenizer(out / "tokenizer")
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + 8)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                          set_alpha_to_one=False, steps_offset=1)
+    StableDiffusionXLPipeline(vae=vae(), text_encoder=clip(len(tok), 16, 8), text_encoder_2=clip(len(tok), 16, 8, True),
+                              tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched).save_pretrained(str(out))
+    return out
+
+
+PIPELINES = {"sd": sd_pipeline, "sdxl": sdxl_pipeline, "sd3": sd3_pipeline}

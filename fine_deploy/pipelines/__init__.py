@@ -6,8 +6,9 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.pipelines.base import Pipeline
 from fine_deploy.pipelines.stable_diffusion import StableDiffusion
 from fine_deploy.pipelines.stable_diffusion_3 import StableDiffusion3
+from fine_deploy.pipelines.stable_diffusion_xl import StableDiffusionXL
 
-_ALL: tuple[Pipeline, ...] = (StableDiffusion(), StableDiffusion3())
+_ALL: tuple[Pipeline, ...] = (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
 SUPPORTED_PIPELINES = {p.class_name: p for p in _ALL}
 
 

@@ -30,9 +30,16 @@ class Pipeline:
         """The length of the denoiser's text sequence, from the tokenizers' lengths."""
         return lengths[0]
 
-    def conditions(self, encoded: list[Encoded], config: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The denoiser's conditioning inputs from each text encoder's outputs (one row per prompt)."""
+    def conditions(self, encoded: list[Encoded], config: dict[str, Any],
+                   image_size: int = 0) -> dict[str, torch.Tensor]:
+        """The denoiser's conditioning inputs from each text encoder's outputs (one row per prompt), for images
+        of `image_size` pixels a side."""
         raise NotImplementedError
+
+    def unconditional(self, cond: dict[str, torch.Tensor], negative: str, encode: Any, options: dict[str, Any]) -> dict:
+        """The guidance's unconditional inputs for the `negative` prompt (`encode()` encodes it, called only
+        when needed); `options` are the pipeline's model_index.json settings."""
+        return encode()
 
     def latents_for_vae(self, latents: torch.Tensor, vae_config: dict[str, Any]) -> torch.Tensor:
         return latents / float(vae_config.get("scaling_factor") or 1.0)

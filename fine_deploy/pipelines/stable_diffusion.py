@@ -17,5 +17,6 @@ class StableDiffusion(Pipeline):
     text_encoders = (("text_encoder", "tokenizer"),)
     guidance = 7.5
 
-    def conditions(self, encoded: list[Encoded], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def conditions(self, encoded: list[Encoded], config: dict[str, Any],
+                   image_size: int = 0) -> dict[str, torch.Tensor]:
         return {"encoder_hidden_states": encoded[0]["last_hidden_state"]}

@@ -25,7 +25,8 @@ class StableDiffusion3(Pipeline):
     def text_tokens(self, lengths: list[int], config: dict[str, Any]) -> int:
         return lengths[0] + self.t5_tokens
 
-    def conditions(self, encoded: list[Encoded], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def conditions(self, encoded: list[Encoded], config: dict[str, Any],
+                   image_size: int = 0) -> dict[str, torch.Tensor]:
         clip = torch.cat([e["penultimate_hidden_state"] for e in encoded], dim=-1)
         width = int(config["joint_attention_dim"])
         clip = torch.nn.functional.pad(clip, (0, width - clip.shape[-1]))

@@ -37,8 +37,13 @@ class PipelineParts:
     vae_config: dict[str, Any]
     scheduler_config: dict[str, Any]
     runtime: str
+    options: dict[str, Any]  # the pipeline's own settings in model_index.json (force_zeros_for_empty_prompt, ...)
 
-    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    @property
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae_config.get("block_out_channels") or [0]) - 1)
+
+    def encode(self, prompts: list[str], latent_resolution: int) -> dict[str, torch.Tensor]:
         """The denoiser's conditioning for each prompt (one text-encoder call per prompt and encoder)."""
         encoded = []
         for enc, _ in self.pipeline.text_encoders:
@@ -50,7 +55,7 @@ class PipelineParts:
                 rows.append({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in
                              self.encoders[enc]({"input_ids": ids}).items()})
             encoded.append({k: torch.cat([r[k] for r in rows]) for k in rows[0]})
-        return self.pipeline.conditions(encoded, self.denoiser_config)
+        return self.pipeline.conditions(encoded, self.denoiser_config, latent_resolution * self.vae_scale)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Images [n, 3, H, W] in [0, 1], as the stock pipelines post-process them."""
@@ -62,8 +67,10 @@ class PipelineParts:
 def generate(parts: PipelineParts, denoiser: Denoiser, prompts: list[str], scheduler: Any, *, steps: int, seed: int,
              guidance: float, negative: str = "", on_step: Callable[[], None] | None = None) -> np.ndarray:
     """One image per prompt (image i seeded `seed + i`), [n, 3, H, W] in [0, 1]."""
-    cond = parts.encode(prompts)
-    null = parts.encode([negative] * len(prompts)) if guidance != 1.0 else None
+    res = denoiser.info.resolution
+    cond = parts.encode(prompts, res)
+    null = parts.pipeline.unconditional(cond, negative, lambda: parts.encode([negative] * len(prompts), res),
+                                        parts.options) if guidance != 1.0 else None
     latents = denoise(denoiser, scheduler, len(prompts), steps=steps, seed=seed, cond=cond, guidance=guidance,
                       null=null, on_step=on_step)
     return parts.decode(latents)
@@ -94,8 +101,12 @@ def _load_tokenizer(folder: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
+def _options(index: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in index.items() if not k.startswith("_") and not isinstance(v, list)}
+
+
 def parts_from_folders(pipeline_class: str, denoiser_config: dict[str, Any], components: dict[str, dict[str, Any]],
-                       folder_of: Callable[[str], Path]) -> PipelineParts:
+                       folder_of: Callable[[str], Path], options: dict[str, Any]) -> PipelineParts:
     """Parts in PyTorch from component folders (a converted supernet's, or an exported diffusers folder)."""
     from fine_deploy.fileio import read_json
 
@@ -110,7 +121,7 @@ def parts_from_folders(pipeline_class: str, denoiser_config: dict[str, Any], com
     sched = read_json(folder_of("scheduler") / "scheduler_config.json", missing="restore the pipeline's scheduler",
                       invalid="restore the pipeline's scheduler")
     return PipelineParts(pipe, denoiser_config, tokenizers, encoders, _torch_network(vae_kind, vae),
-                         dict(vae.config), sched, "torch")
+                         dict(vae.config), sched, "torch", options)
 
 
 def parts_from_export(directory: Path, manifest: Any, backend: str, threads: int | None) -> PipelineParts:
@@ -122,7 +133,8 @@ def parts_from_export(directory: Path, manifest: Any, backend: str, threads: int
         index = read_json(directory / "model_index.json", missing="re-export", invalid="re-export")
         recs = {k: {"class": v[1]} for k, v in index.items() if isinstance(v, list) and v[0]}
         return parts_from_folders(index["_class_name"], read_json(directory / manifest.model / "config.json",
-                                  missing="re-export", invalid="re-export"), recs, lambda n: directory / n)
+                                  missing="re-export", invalid="re-export"), recs, lambda n: directory / n,
+                                  _options(index))
     from fine_deploy.runtime import SessionOptions, open_session
 
     index = read_json(directory / "model_index.json", missing="re-export", invalid="re-export")
@@ -139,7 +151,8 @@ def parts_from_export(directory: Path, manifest: Any, backend: str, threads: int
     sched = read_json(directory / "scheduler" / "scheduler_config.json", missing="re-export", invalid="re-export")
     den_cfg = read_json(directory / manifest.model.rsplit("/", 1)[0] / "config.json", missing="re-export",
                         invalid="re-export")
-    return PipelineParts(pipe, den_cfg, tokenizers, encoders, vae, vae_config, sched, vae_session.backend)
+    return PipelineParts(pipe, den_cfg, tokenizers, encoders, vae, vae_config, sched, vae_session.backend,
+                         _options(index))
 
 
 def parts_of_supernet(sn: Any) -> PipelineParts:
@@ -147,4 +160,5 @@ def parts_of_supernet(sn: Any) -> PipelineParts:
         raise FineDeployError("this supernet is a denoiser alone; --prompt needs a converted pipeline folder "
                               "(fine-deploy convert --from-diffusers PIPELINE_DIR)")
     sn.check_components()
-    return parts_from_folders(sn.spec.pipeline["class"], sn.spec.config, sn.components, sn.component_dir)
+    return parts_from_folders(sn.spec.pipeline["class"], sn.spec.config, sn.components, sn.component_dir,
+                              _options(sn.spec.pipeline["model_index"]))
