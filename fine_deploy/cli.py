@@ -65,12 +65,17 @@ def convert_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
     max_rank: int | None = typer.Option(None, "--max-rank", help="Largest rank kept per type."),
     als_iters: int = typer.Option(25, "--als-iters", help="Alternating least squares sweeps."),
-    calib: Path | None = typer.Option(None, "--calib", help="Images (.npy/.safetensors) for gradient importance."),
+    calib: Path | None = typer.Option(None, "--calib", help="Images (.npy/.safetensors) for gradient importance "
+                                      "and the conversion error."),
+    exact_top: bool = typer.Option(True, "--exact-top/--no-exact-top",
+                                   help="Keep the source weights as each type's top rank option (exact full model)."),
 ) -> None:
-    """Turn a dense diffusers model into a supernet (shared-factor fit + channel orders)."""
+    """Turn a dense diffusers model into a supernet (shared-factor fit + channel orders); prints the conversion
+    error against the source model."""
     from fine_deploy.supernet.convert import convert
 
-    convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib)
+    convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib, exact_top=exact_top,
+            quiet=False)
 
 
 # --- cost: device profiles and the profiler ------------------------------------------------------
@@ -169,12 +174,14 @@ def export_cmd(
     batch: int | None = typer.Option(None, "--batch", help="Batch size; the plan's when omitted."),
     resolution: int | None = typer.Option(None, "--resolution", help="Image side; the plan's when omitted."),
     deployment_target: str = typer.Option("iOS16", "--deployment-target", help="Core ML minimum target."),
+    against: Path | None = typer.Option(None, "--against", help="The diffusers folder the supernet was converted "
+                                        "from (default: the one convert recorded, when it is still there)."),
 ) -> None:
     """Fold the plan's subnet into its kernel forms and write a checked artifact + manifest.json."""
     from fine_deploy.export import export
 
     export(plan, format, output, supernet=supernet, fp16=fp16, dynamic_batch=dynamic_batch, opset=opset,
-           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False)
+           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False, against=against)
 
 
 @command("plan")

@@ -68,8 +68,12 @@ def export(
     seed: int = 0,
     external_data_threshold: int = PROTOBUF_LIMIT,
     quiet: bool = True,
+    against: str | Path | None = None,
 ) -> Manifest:
-    """Fold the plan's subnet into its kernel forms, write `format` into `output`, check it, return the manifest."""
+    """Fold the plan's subnet into its kernel forms, write `format` into `output`, check it, return the manifest.
+
+    A converted supernet's export is also compared with its source model (`export.source_check`): the
+    folder `against`, else the one convert recorded."""
     if format not in FORMATS:
         raise FineDeployError(f"--format {format!r} is unknown; use one of {', '.join(FORMATS)}")
     check_opset(opset)
@@ -91,6 +95,9 @@ def export(
     res = ad.check_resolution(sn.spec.config, resolution if resolution is not None else p.inputs.get("resolution"))
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed)
     meta = {"batch": batch, "resolution": res, "seed": seed}
+    from fine_deploy.export.source_check import check_against_source, find_source
+
+    source, skipped = find_source(sn, against)
 
     with Progress(transient=True) as progress:
         task = progress.add_task(f"export {format}", total=4)
@@ -120,8 +127,9 @@ def export(
             par.require(forms_check, "kernel forms")
             manifest.parity.append(forms_check.to_json())
         with atomic_directory(output) as tmp:
+            artifact_out = ref  # what the source check compares: the file's own output where this machine runs it
             if format in ("onnx", "trt"):
-                _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset, dynamic_batch=dynamic_batch,
+                artifact_out = _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset, dynamic_batch=dynamic_batch,
                       fp16=fp16 and format == "onnx", threshold=external_data_threshold)
                 step("onnx written and checked")
                 if format == "trt":
@@ -133,6 +141,11 @@ def export(
                 _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
                 step("diffusers folder written and checked")
             step("parity")
+            if source is not None:
+                manifest.checks["source"] = check_against_source(sn, config, source, inputs, artifact_out, meta,
+                                                                 fp16=fp16)
+            elif skipped:
+                manifest.notes.append(f"not compared with the source model: {skipped}")
             _sampling(tmp, sn, manifest)
             manifest.add_files(tmp)
             manifest.write(tmp)
@@ -143,7 +156,7 @@ def export(
 
 
 def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
-          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int) -> None:
+          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int) -> np.ndarray:
     from fine_deploy.export.onnx_export import run_onnx
 
     files = export_onnx(folded.model, inputs, tmp / ONNX_NAME, adapter=folded.adapter, opset=opset,
@@ -165,6 +178,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
                          inputs={**meta, "batch": meta["batch"] + 1})
         manifest.parity.append(p2.to_json())
         par.require(p2, f"{ONNX_NAME} at batch {meta['batch'] + 1}")
+    return out
 
 
 def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,
@@ -269,4 +283,8 @@ def export_summary(m: Manifest) -> str:
     """One line for the CLI: where the artifact is, how well it matches, and what to do next."""
     worst = max((p["rel"] for p in m.parity), default=0.0)
     line = f"exported {m.format} ({m.model}), parity rel. error {worst:.1e}"
+    src = m.checks.get("source")
+    if src:
+        what = "equals the source model" if src["expected_exact"] else "approximates the source model"
+        line += f"; {what}: rel. error {src['rel']:.1e} (rel. L2 {src['rel_l2']:.1e})"
     return line + ("; " + m.notes[-1] if m.notes else "")

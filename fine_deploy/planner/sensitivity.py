@@ -53,12 +53,9 @@ def _knob_configs(sn) -> list[tuple[str, str, int, dict[str, Any]]]:
 
 def _with_rank(model, sn, t, r: int):
     """Fold type t at rank r into `model`'s weights in place; returns the weights to put back."""
-    from fine_deploy.supernet.core import basis_names, fold
-
-    U, V = (sn.tensors[n] for n in basis_names(t.name))
     saved = {}
     for m in t.matrices:
-        W = fold(U, V, sn.sigma(m["name"]), r)
+        W = sn.weight(m["name"], r)
         for p in m["parts"]:
             a, b = p["rows"]
             w = model.get_submodule(p["module"]).weight
