@@ -21,6 +21,9 @@ from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
 # bases outgrow the dense weights themselves for large L and ALS above min(m1, m2) gets no compressed
 # core (about a minute per sweep for a DiT-XL fc1), so big types stop at min(m1, m2).
 DEFAULT_RANK_CAP_FACTOR = 1
+# Types with at most this many stacked entries (L·m1·m2) are fitted at their exact rank; larger ones are capped
+# (and keep their source weights as the exact top option, see model_to_supernet).
+EXACT_FIT_ENTRIES = 1 << 22
 
 
 def rank_ladder(max_rank: int, steps: int = 8) -> list[int]:
@@ -105,7 +108,7 @@ def model_to_supernet(
         for t in types:
             W = stacked_weights(model, t)
             exact = t.exact_rank()
-            cap = exact if t.layers * t.m1 * t.m2 <= (1 << 22) else DEFAULT_RANK_CAP_FACTOR * min(t.m1, t.m2)
+            cap = exact if t.layers * t.m1 * t.m2 <= EXACT_FIT_ENTRIES else DEFAULT_RANK_CAP_FACTOR * min(t.m1, t.m2)
             R = min(exact, max_rank or cap)
             f = fit_shared_factors(W, R, iters=als_iters)
             R = f.U.shape[1]
