@@ -211,13 +211,36 @@ def plan_cmd(
 
 @command("train")
 def train_cmd(
-    recipe: str = typer.Option(..., "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a YAML path."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a "
+                                      "YAML path."),
     output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
-    steps: int | None = typer.Option(None, "--steps", help="Total training steps (default: the recipe's)."),
+    steps: int | None = typer.Option(None, "--steps", help="Total training steps (default: the recipe's; recovery 500)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT.ckpt/."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure sensitivity and the metric."),
+    from_supernet: Path | None = typer.Option(None, "--from-supernet", help="Recovery: a converted supernet."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Recovery: the diffusers folder it was converted from."),
+    data: str | None = typer.Option(None, "--data", help="Recovery: 'digits' or an image folder (default: data-free, "
+                                    "the teacher's own samples)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Recovery: learning rate of U, V, σ."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Recovery: batch size."),
 ) -> None:
-    """FINE / OFA pre-training of a supernet (under `accelerate launch` for several processes)."""
+    """FINE / OFA pre-training of a supernet from a recipe, or (--from-supernet, --teacher) recovery training of a
+    converted supernet by distilling its source model (under `accelerate launch` for several processes)."""
+    if from_supernet is not None or teacher is not None:
+        from fine_deploy.train.recover import recover
+
+        if from_supernet is None or teacher is None or recipe is not None:
+            raise FineDeployError("recovery takes --from-supernet S and --teacher DIR (and no --recipe)")
+        sn = recover(from_supernet, teacher, output, data=data, steps=steps or 500, lr=lr, batch_size=batch_size,
+                     resume=resume, evaluate=evaluate)
+        if sn is not None:
+            rec = sn.spec.provenance["recovery"]
+            after = ", ".join(f"P={k} {v:.3g}" for k, v in rec["heldout_rel_mse_after"].items())
+            typer.echo(f"{output}: {rec['steps']} recovery steps on {rec['data']}; held-out rel. MSE vs the teacher "
+                       f"{after or 'not measured'}")
+        return
+    if recipe is None:
+        raise FineDeployError("give --recipe NAME (pre-training) or --from-supernet S --teacher DIR (recovery)")
     from fine_deploy.train.pretrain import train
 
     sn = train(recipe, output, steps=steps, resume=resume, evaluate=evaluate)
