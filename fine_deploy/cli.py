@@ -214,11 +214,13 @@ def train_cmd(
     recipe: str | None = typer.Option(None, "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a "
                                       "YAML path."),
     output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
-    steps: int | None = typer.Option(None, "--steps", help="Total training steps (default: the recipe's; recovery 500)."),
+    steps: int | None = typer.Option(None, "--steps",
+                                     help="Total training steps (default: the recipe's; recovery 500)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT.ckpt/."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure sensitivity and the metric."),
     from_supernet: Path | None = typer.Option(None, "--from-supernet", help="Recovery: a converted supernet."),
-    teacher: Path | None = typer.Option(None, "--teacher", help="Recovery: the diffusers folder it was converted from."),
+    teacher: Path | None = typer.Option(None, "--teacher",
+                                        help="Recovery: the diffusers folder it was converted from."),
     data: str | None = typer.Option(None, "--data", help="Recovery: 'digits' or an image folder (default: data-free, "
                                     "the teacher's own samples)."),
     lr: float = typer.Option(2e-3, "--lr", help="Recovery: learning rate of U, V, σ."),

@@ -114,7 +114,6 @@ def test_cli_convert_and_plan_print_the_conversion_error(models, tmp_path):
 
 def test_without_exact_top_no_plan_shows_zero_loss(models, tmp_path):
     from fine_deploy.export import export
-    from fine_deploy.planner.plan import plan
 
     runner = CliRunner()
     res = runner.invoke(app, ["convert", "--from-diffusers", str(models["dit"]), "-o", str(tmp_path / "sn"),

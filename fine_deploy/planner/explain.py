@@ -103,7 +103,8 @@ def quality_line(loss: float, q: dict[str, Any]) -> str:
         conv = q["conversion_error"]
         tail = (f"; full model vs source {conv:.2g} (exact top options)" if q.get("exact_top")
                 else f"; includes the full model's conversion error {conv:.3g}")
-        return f"quality  loss {loss:.4g} vs the source model ({what}{tail}; factors alone {q['factors_only_error']:.3g})"
+        return (f"quality  loss {loss:.4g} vs the source model ({what}{tail}; "
+                f"factors alone {q['factors_only_error']:.3g})")
     if ref == "full supernet":
         return f"quality  loss {loss:.4g} vs the supernet's full model, NOT the source model ({what}): {q['note']}"
     return f"quality  loss {loss:.4g} ({what})"

@@ -174,7 +174,8 @@ def _load_checkpoint(ckpt: Path) -> tuple[Supernet, dict[str, torch.Tensor], dic
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as e:
-        raise FineDeployError(f"{meta_path}: not valid JSON ({e.msg}); delete {ckpt} and run without --resume") from None
+        raise FineDeployError(
+            f"{meta_path}: not valid JSON ({e.msg}); delete {ckpt} and run without --resume") from None
     if meta.get("schema") != TRAINER_SCHEMA or meta.get("kind") != "recovery":
         raise FineDeployError(f"{meta_path}: not a recovery checkpoint of this version; run without --resume")
     return Supernet.load(ckpt / "supernet"), load_file(str(ckpt / OPTIMIZER_FILE)), meta
@@ -281,7 +282,8 @@ def recover(
         "recovery": {"parent": {"path": str(supernet), "sha256": parent.content_hash},
                      "teacher": str(teacher.resolve()), "data": source, "train_images": len(train_set),
                      "steps": state.step, "lr": lr, "batch_size": batch_size, "seed": seed,
-                     "sizes": list(sizes), "m": m, "trained": "U, V, sigma (dense parameters and source weights frozen)",
+                     "sizes": list(sizes), "m": m,
+                     "trained": "U, V, sigma (dense parameters and source weights frozen)",
                      "heldout_rel_mse_before": before, "heldout_rel_mse_after": after,
                      "loss_curve": loss_curve(state.losses), "processes": accelerator.num_processes,
                      "wall_s": round(time.time() - t0, 1)},
