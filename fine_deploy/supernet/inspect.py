@@ -86,7 +86,7 @@ def render(s: dict[str, Any], console: Console) -> None:
     console.print(
         f"dense model {_fmt(tot['params_dense_model'])} params; stored {_fmt(tot['params_supernet_stored'])}; "
         f"typed weights {_fmt(tot['params_typed_dense'])} dense vs "
-        f"{_fmt(tot['params_typed_shared_basis_at_max_rank'])} shared-basis at max rank; "
+        f"{_fmt(tot['params_typed_shared_basis_at_max_rank'])} shared-basis at the largest factor rank; "
         f"{s['dense_parameters']['count']} dense tensors ({_fmt(s['dense_parameters']['params'])})"
     )
     knobs = s["widths"]["knobs"]
