@@ -179,3 +179,20 @@ def test_schema_1_supernets_still_load_with_their_hash(dit_supernet, tmp_path):
     raw = json.loads((default_supernet_path() / "supernet.json").read_text())
     assert "conversion" not in sn.spec.to_json() and sn.spec.to_json() == raw
     assert not sn.exact_top
+
+
+def test_supernet_converted_before_the_measurement_is_not_called_the_source(tmp_path):
+    from fine_deploy.planner.explain import quality_line
+    from fine_deploy.planner.plan import plan
+    from fine_deploy.supernet.convert import model_to_supernet
+
+    # what convert wrote before schema 2: factors only, no conversion record
+    sn = model_to_supernet(make_dit(seed=3), max_rank=CAP, als_iters=2, provenance={"source": "diffusers"})
+    sn.spec.schema = 1
+    sn.save(tmp_path / "old")
+    assert json.loads((tmp_path / "old" / "supernet.json").read_text())["schema"] == 1
+    p = plan("host", "8GB", supernet=tmp_path / "old", show=False)
+    q = p.predicted["quality"]
+    assert q["reference"] == "full supernet" and q["conversion_error"] is None
+    line = quality_line(p.predicted["quality_loss"], q)
+    assert "NOT the source model" in line and "re-convert" in line
