@@ -324,18 +324,21 @@ def plot(record: dict, path: Path) -> None:
     rows = record["budgets"]
     x = [100 * r["budget"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, style, label in (("fine_before", "o--", "FINE converted"), ("fine_after", "o-", "FINE recovered"),
-                              ("fine_after_datafree", "o:", "FINE recovered, data-free"),
-                              ("svd_before", "s--", "per-layer SVD"), ("svd_after", "s-", "per-layer SVD recovered")):
-        a.semilogy(x, [r[key] for r in rows], style, label=label)
+    for key, style, color, label in (("fine_before", "o--", "C0", "FINE converted"),
+                                     ("fine_after", "o-", "C0", "FINE recovered"),
+                                     ("fine_after_datafree", "^:", "C2", "FINE recovered, data-free"),
+                                     ("svd_before", "s--", "C3", "per-layer SVD"),
+                                     ("svd_after", "s-", "C3", "per-layer SVD recovered")):
+        a.semilogy(x, [r[key] for r in rows], style, color=color, label=label)
     a.set_xlabel("typed-weight parameters (% of dense)")
     a.set_ylabel("rel. output MSE vs dense original")
     a.set_title(f"{record['args']['steps']} recovery steps, same data and loss")
     a.legend()
     curve = record["recovery"]["fine"]["loss_curve"]
-    b.semilogy([c[0] for c in curve], [c[1] for c in curve], label="FINE recovery")
+    b.semilogy([c[0] for c in curve], [c[1] for c in curve], color="C0", label="FINE recovery (window mean)")
     sv = record["recovery"]["svd_loss_curve"]
-    b.semilogy([10 * i for i in range(len(sv))], sv, label="per-layer SVD recovery", alpha=0.7)
+    b.semilogy([10 * i for i in range(len(sv))], sv, color="C3", label="per-layer SVD recovery (every 10th step)",
+               alpha=0.7)
     b.set_xlabel("step")
     b.set_ylabel("distillation loss (sampled size)")
     b.legend()
