@@ -80,7 +80,9 @@ def test_recovery_cli_and_refusals(converted, tmp_path, one_torch_thread):
                               "--batch-size", "8", "--no-evaluate"])
     assert res.exit_code == 0, res.output
     assert "2 recovery steps" in res.output
-    assert json.loads((tmp_path / "r" / "supernet.json").read_text())["provenance"]["recovered"] is True
+    doc = json.loads((tmp_path / "r" / "supernet.json").read_text())
+    assert doc["provenance"]["recovered"] is True
+    assert doc["conversion"]["measured"].startswith("before recovery")  # not re-measured: it says so
     # a teacher that is not the converted model is refused in one line, before any work
     other = tmp_path / "other"
     make_dit(seed=6).save_pretrained(other)

@@ -123,7 +123,9 @@ def conversion_lines(rec: dict[str, Any]) -> list[str]:
     if not rec:
         return []
     full, fo = rec["full_model"], rec["factors_only"]
-    out = [f"conversion error vs the source model ({rec['inputs']['data']} inputs, batch {rec['inputs']['batch']}):",
+    when = f", measured {rec['measured']}" if rec.get("measured") else ""
+    out = [f"conversion error vs the source model ({rec['inputs']['data']} inputs, batch {rec['inputs']['batch']}"
+           f"{when}):",
            f"  full model (a plan with nothing binding): rel. L2 {full['rel_l2']:.2e}, max rel. {full['rel_max']:.2e}",
            f"  factors only (every type at its factor rank): rel. L2 {fo['rel_l2']:.2e}, "
            f"max rel. {fo['rel_max']:.2e}"]

@@ -296,5 +296,8 @@ def recover(
         table = proxy_sensitivity(out, progress=False)
         table["measured_by"] = "recovery training, against the teacher"
         out.spec.sensitivity = table if table.get("reference") == "source" else {}
+    elif out.spec.conversion:  # the source weights did not move, the factors did: say what the figures describe
+        out.spec.conversion = {**out.spec.conversion, "measured": "before recovery (run with --no-evaluate)"}
+        out.spec.sensitivity = {}
     out.save(output)
     return out
