@@ -120,13 +120,16 @@ def test_without_exact_top_no_plan_shows_zero_loss(models, tmp_path):
                               "--max-rank", str(CAP), "--no-exact-top"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["plan", "--device", "host", "--mem", "8GB", "--supernet", str(tmp_path / "sn"),
-                              "-o", str(tmp_path / "plan.json")], env={"COLUMNS": "300"})
+                              "-o", str(tmp_path / "plan.json"), "--pareto", str(tmp_path / "front")],
+                        env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     line = next(x for x in res.output.splitlines() if x.startswith("quality"))
     assert "loss 0 " not in line and "includes the full model's conversion error" in line
     doc = json.loads((tmp_path / "plan.json").read_text())
     conv = doc["predicted"]["quality"]["conversion_error"]
     assert conv > 1e-3 and doc["predicted"]["quality_loss"] >= conv * (1 - 1e-6)
+    front = json.loads((tmp_path / "front" / "pareto.json").read_text())
+    assert all(p["quality_loss"] >= conv * (1 - 1e-6) for p in front["latency_front"] + front["memory_front"])
     # export measures the same gap on the file itself, and does not pretend it is the source
     m = export(tmp_path / "plan.json", "onnx", tmp_path / "out")
     assert not m.checks["source"]["expected_exact"] and m.checks["source"]["rel_l2"] > 0.03
