@@ -177,7 +177,7 @@ def _min_feasible(space: Space, budget: Budget) -> str:
     if lim.loss is not None:
         s = solve(space, "loss", Limits(lim.latency_s, lim.memory_bytes, None))
         if s.ok:
-            hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss:.6g}")
+            hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss + budget.loss_offset:.6g}")
     if not hints:
         s = solve(space, "memory")
         return (f"even alone, the smallest subnet needs {round_up_bytes(s.evaluation.memory_bytes)}; "
