@@ -65,13 +65,19 @@ def convert_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
     max_rank: int | None = typer.Option(None, "--max-rank", help="Largest rank kept per type."),
     als_iters: int = typer.Option(25, "--als-iters", help="Alternating least squares sweeps."),
-    calib: Path | None = typer.Option(None, "--calib", help="Images (.npy/.safetensors) for gradient importance."),
+    calib: Path | None = typer.Option(None, "--calib", help="Images (.npy/.safetensors) for gradient importance "
+                                      "and the conversion error."),
+    exact_top: bool = typer.Option(True, "--exact-top/--no-exact-top",
+                                   help="Keep the source weights as each type's top rank option (exact full model)."),
 ) -> None:
     """Turn a dense diffusers model (or a whole pipeline folder) into a supernet (shared-factor fit + channel
-    orders; a pipeline's text encoders, tokenizers, VAE and scheduler are carried unchanged)."""
+    orders; a pipeline's text encoders, tokenizers, VAE and scheduler are carried unchanged); prints the
+    conversion error against the source model."""
     from fine_deploy.supernet.convert import convert, convert_summary
 
-    print(convert_summary(convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib)))
+    sn = convert(from_diffusers, output, max_rank=max_rank, als_iters=als_iters, calib=calib, exact_top=exact_top,
+                 quiet=False)
+    print(convert_summary(sn))
 
 
 # --- cost: device profiles and the profiler ------------------------------------------------------
@@ -170,12 +176,14 @@ def export_cmd(
     batch: int | None = typer.Option(None, "--batch", help="Batch size; the plan's when omitted."),
     resolution: int | None = typer.Option(None, "--resolution", help="Image side; the plan's when omitted."),
     deployment_target: str = typer.Option("iOS16", "--deployment-target", help="Core ML minimum target."),
+    against: Path | None = typer.Option(None, "--against", help="The diffusers folder the supernet was converted "
+                                        "from (default: the one convert recorded, when it is still there)."),
 ) -> None:
     """Fold the plan's subnet into its kernel forms and write a checked artifact + manifest.json."""
     from fine_deploy.export import export
 
     export(plan, format, output, supernet=supernet, fp16=fp16, dynamic_batch=dynamic_batch, opset=opset,
-           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False)
+           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False, against=against)
 
 
 @command("plan")
@@ -207,13 +215,38 @@ def plan_cmd(
 
 @command("train")
 def train_cmd(
-    recipe: str = typer.Option(..., "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a YAML path."),
+    recipe: str | None = typer.Option(None, "--recipe", help="Shipped recipe (dit-digits, unet-digits, ...) or a "
+                                      "YAML path."),
     output: Path = typer.Option(..., "-o", "--output", help="Supernet directory to write."),
-    steps: int | None = typer.Option(None, "--steps", help="Total training steps (default: the recipe's)."),
+    steps: int | None = typer.Option(None, "--steps",
+                                     help="Total training steps (default: the recipe's; recovery 500)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT.ckpt/."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Measure sensitivity and the metric."),
+    from_supernet: Path | None = typer.Option(None, "--from-supernet", help="Recovery: a converted supernet."),
+    teacher: Path | None = typer.Option(None, "--teacher",
+                                        help="Recovery: the diffusers folder it was converted from."),
+    data: str | None = typer.Option(None, "--data", help="Recovery: 'digits' or an image folder (default: data-free, "
+                                    "the teacher's own samples)."),
+    lr: float = typer.Option(2e-3, "--lr", help="Recovery: learning rate of U, V, σ."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Recovery: batch size."),
 ) -> None:
-    """FINE / OFA pre-training of a supernet (under `accelerate launch` for several processes)."""
+    """FINE / OFA pre-training of a supernet from a recipe, or (--from-supernet, --teacher) recovery training of a
+    converted supernet by distilling its source model (under `accelerate launch` for several processes)."""
+    if from_supernet is not None or teacher is not None:
+        from fine_deploy.train.recover import recover
+
+        if from_supernet is None or teacher is None or recipe is not None:
+            raise FineDeployError("recovery takes --from-supernet S and --teacher DIR (and no --recipe)")
+        sn = recover(from_supernet, teacher, output, data=data, steps=steps or 500, lr=lr, batch_size=batch_size,
+                     resume=resume, evaluate=evaluate)
+        if sn is not None:
+            rec = sn.spec.provenance["recovery"]
+            after = ", ".join(f"P={k} {v:.3g}" for k, v in rec["heldout_rel_mse_after"].items())
+            typer.echo(f"{output}: {rec['steps']} recovery steps on {rec['data']}; held-out rel. MSE vs the teacher "
+                       f"{after or 'not measured'}")
+        return
+    if recipe is None:
+        raise FineDeployError("give --recipe NAME (pre-training) or --from-supernet S --teacher DIR (recovery)")
     from fine_deploy.train.pretrain import train
 
     sn = train(recipe, output, steps=steps, resume=resume, evaluate=evaluate)

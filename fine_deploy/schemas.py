@@ -68,6 +68,7 @@ class Contract:
     schema_key: str = "schema"
     schema_required: bool = True
     hand_written: bool = False  # True: unknown fields are refused (a typo is never ignored)
+    older: tuple[int, ...] = ()  # earlier schema versions this code still reads (their loader upgrades them)
 
     def check(self, data: Any, where: str) -> dict[str, Any]:
         """The checked mapping, or a FineDeployError naming the first problem."""
@@ -82,7 +83,7 @@ class Contract:
                 )
         if self.schema_key in data or self.schema_required:
             got = data.get(self.schema_key)
-            if got != self.schema or isinstance(got, bool):
+            if (got != self.schema and got not in self.older) or isinstance(got, bool):
                 raise FineDeployError(
                     f"{where}: {self.name} schema {got!r} is not supported (this fine-deploy reads schema "
                     f"{self.schema}); {self.fix}"
@@ -239,11 +240,11 @@ RECIPE = Contract(
 )
 
 SUPERNET = Contract(
-    name="supernet spec", fix="re-create the supernet (`fine-deploy convert` or `train`)", schema=1,
+    name="supernet spec", fix="re-create the supernet (`fine-deploy convert` or `train`)", schema=2, older=(1,),
     tag=("format", "fine-deploy-supernet"),
     required={"backbone": str, "config": dict, "types": list, "dense": list},
     optional={"widths": dict, "depth": dict, "sensitivity": dict, "tensors": dict, "weights_sha256": str,
-              "provenance": dict},
+              "provenance": dict, "conversion": dict, "pipeline": dict},
 )
 
 CONTRACTS = {c.name: c for c in (PLAN, LUT, MANIFEST, BENCH, PROFILE, RECIPE, SUPERNET)}
@@ -289,6 +290,13 @@ def validate_supernet_spec(spec: Any, where: str) -> None:
            f"type {t.name}: rank_options must be integers in 1..max_rank")
         ok(t.kernel_size is None or list_of(t.kernel_size, int), f"type {t.name}: kernel_size must be integers")
         ok(dict_of(t.reconstruction_error, Number), f"type {t.name}: reconstruction_error must be numbers")
+        ok(isinstance(t.source_top, bool), f"type {t.name}: source_top must be true/false")
+        if t.source_top is True and list_of(t.rank_options, int):
+            ok(len(t.rank_options) >= 2 and max(t.rank_options) == t.max_rank,
+               f"type {t.name}: source_top needs a factor rank option below max_rank and max_rank itself")
+            ok(not spec.tensors or all(f"source.{m.get('name')}" in spec.tensors for m in t.matrices
+                                       if isinstance(m, dict)),
+               f"type {t.name}: source_top but a source.<matrix> tensor is not listed")
         ok(isinstance(t.matrices, list) and all(
             isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("parts"), list) and all(
                 isinstance(p, dict) and isinstance(p.get("module"), str) and list_of(p.get("rows"), int)

@@ -106,7 +106,8 @@ def test_convert_cli_writes_a_supernet_and_refuses_bad_input(dit_dir, tmp_path):
     res = runner.invoke(app, ["convert", "--from-diffusers", str(dit_dir), "-o", str(out), "--max-rank", "8"])
     assert res.exit_code == 0, res.output
     sn = Supernet.load(out)
-    assert all(t.max_rank == 8 for t in sn.types)
+    # the factors stop at 8; the top option is the source weight (exact rank L·min(m1, m2))
+    assert all(t.factor_rank == 8 and t.source_top and t.max_rank == t.layers * min(t.m1, t.m2) for t in sn.types)
     res = runner.invoke(app, ["convert", "--from-diffusers", str(tmp_path / "nowhere"), "-o", str(tmp_path / "x")])
     assert res.exit_code != 0 and "no config.json" in res.output
     assert not (tmp_path / "x").exists()

@@ -68,8 +68,12 @@ def export(
     seed: int = 0,
     external_data_threshold: int = PROTOBUF_LIMIT,
     quiet: bool = True,
+    against: str | Path | None = None,
 ) -> Manifest:
-    """Fold the plan's subnet into its kernel forms, write `format` into `output`, check it, return the manifest."""
+    """Fold the plan's subnet into its kernel forms, write `format` into `output`, check it, return the manifest.
+
+    A converted supernet's export is also compared with its source model (`export.source_check`): the
+    folder `against`, else the one convert recorded."""
     if format not in FORMATS:
         raise FineDeployError(f"--format {format!r} is unknown; use one of {', '.join(FORMATS)}")
     check_opset(opset)
@@ -94,6 +98,9 @@ def export(
     res = ad.check_resolution(sn.spec.config, resolution if resolution is not None else p.inputs.get("resolution"))
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed, sn.text_tokens)
     meta = {"batch": batch, "resolution": res, "seed": seed}
+    from fine_deploy.export.source_check import check_against_source, find_source
+
+    source, skipped = find_source(sn, against)
 
     with Progress(transient=True) as progress:
         task = progress.add_task(f"export {format}", total=4)
@@ -123,10 +130,12 @@ def export(
             par.require(forms_check, "kernel forms")
             manifest.parity.append(forms_check.to_json())
         with atomic_directory(output) as tmp:
+            artifact_out = ref  # what the source check compares: the file's own output where this machine runs it
             if format in ("onnx", "trt"):
                 name = f"{sn.spec.pipeline['denoiser']}/{ONNX_NAME}" if pipeline else ONNX_NAME
-                _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset, dynamic_batch=dynamic_batch,
-                      fp16=fp16 and format == "onnx", threshold=external_data_threshold, name=name)
+                artifact_out = _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset,
+                                     dynamic_batch=dynamic_batch, fp16=fp16 and format == "onnx",
+                                     threshold=external_data_threshold, name=name)
                 if pipeline:
                     _onnx_components(tmp, sn, folded, manifest, meta, batch, res, opset=opset,
                                      fp16=fp16 and format == "onnx", threshold=external_data_threshold)
@@ -153,6 +162,11 @@ def export(
                 _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
                 step("diffusers folder written and checked")
             step("parity")
+            if source is not None:
+                manifest.checks["source"] = check_against_source(sn, config, source, inputs, artifact_out, meta,
+                                                                 fp16=fp16)
+            elif skipped:
+                manifest.notes.append(f"not compared with the source model: {skipped}")
             _sampling(tmp, sn, manifest)
             manifest.add_files(tmp)
             manifest.write(tmp)
@@ -163,7 +177,8 @@ def export(
 
 
 def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
-          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int, name: str = ONNX_NAME) -> None:
+          meta: dict, *, opset: int, dynamic_batch: bool, fp16: bool, threshold: int,
+          name: str = ONNX_NAME) -> np.ndarray:
     from fine_deploy.export.onnx_export import run_onnx
 
     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
@@ -186,6 +201,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
                          inputs={**meta, "batch": meta["batch"] + 1})
         manifest.parity.append(p2.to_json())
         par.require(p2, f"{name} at batch {meta['batch'] + 1}")
+    return out
 
 
 def _onnx_components(tmp: Path, sn: Supernet, folded: FoldedSubnet, manifest: Manifest, meta: dict, batch: int,
@@ -332,4 +348,8 @@ def export_summary(m: Manifest) -> str:
     """One line for the CLI: where the artifact is, how well it matches, and what to do next."""
     worst = max((p["rel"] for p in m.parity), default=0.0)
     line = f"exported {m.format} ({m.model}), parity rel. error {worst:.1e}"
+    src = m.checks.get("source")
+    if src:
+        what = "equals the source model" if src["expected_exact"] else "approximates the source model"
+        line += f"; {what}: rel. error {src['rel']:.1e} (rel. L2 {src['rel_l2']:.1e})"
     return line + ("; " + m.notes[-1] if m.notes else "")

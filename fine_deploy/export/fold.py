@@ -117,6 +117,10 @@ def fold_subnet(
             continue
         t = kinds[ms.type]
         r = ranks[t.name]
+        if t.is_source(r):
+            raise FineDeployError(
+                f"plan gives {ms.name} the {form} form at rank {r}, the exact source option of type {t.name}, which "
+                f"is stored dense only; re-run `fine-deploy plan` (factored forms go up to rank {t.factor_rank})")
         U_full, V_full = (sn.tensors[n][:, :r].double() for n in basis_names(t.name))
         conv = t.kind == "conv"
         kk = t.kernel_size[0] * t.kernel_size[1] if conv else 1

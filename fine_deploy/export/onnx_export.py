@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from google.protobuf.message import EncodeError
 from torch import nn
 
 from fine_deploy.backbones import Adapter
@@ -101,36 +102,62 @@ def export_onnx(
     # a folder of its own: above 2 GB the exporter writes one external file per tensor beside the graph
     trace_dir = path.with_name(f".{path.name}.trace")
     trace_dir.mkdir(parents=True, exist_ok=True)
+    limit = min(external_data_threshold, PROTOBUF_LIMIT)
     try:
-        proto = _to_model(model, inputs, opset, dynamic_batch, trace_dir / "model.onnx", adapter, list(output_names))
-    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # unsupported op at this opset
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None
+        try:
+            proto = _to_model(model, inputs, opset, dynamic_batch, trace_dir / "model.onnx", adapter,
+                              list(output_names))
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as e:  # unsupported op at this opset
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None
+        if fp16:
+            proto = _to_fp16(proto, trace_dir, large=_initializer_bytes(proto) > limit)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
-    if fp16:
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-        _toposort(proto.graph)  # the converter appends its input casts at the end of the node list
     proto.producer_name = "fine-deploy"
-    files = [path]
-    # counted from the tensors, not ByteSize(): protobuf refuses to size (or serialise) a message over 2 GB
-    size = sum(len(t.raw_data) or 4 * len(t.float_data) for t in proto.graph.initializer) + (1 << 20)
-    large = size > min(external_data_threshold, PROTOBUF_LIMIT)
+    if _initializer_bytes(proto) <= limit:
+        try:
+            # the fp16 converter already wrote value_info (strict re-inference trips on its Cast nodes)
+            small = onnx.shape_inference.infer_shapes(proto, strict_mode=not fp16, data_prop=not fp16)
+            onnx.checker.check_model(small, full_check=True)
+            onnx.save_model(small, str(path))
+            return [path]
+        except (ValueError, EncodeError):
+            # protobuf refused to serialise the whole message (over 2 GB after all, e.g. large Constant nodes):
+            # the same model goes out with its tensors beside the graph instead of as a traceback
+            path.unlink(missing_ok=True)
+    data = f"{path.name}.data"
+    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)
+    # path-based checks: they read the external data from disk and never serialise the 2 GB message
+    onnx.checker.check_model(str(path), full_check=True)
+    onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=not fp16)
+    return [path, path.with_name(data)]
+
+
+def _initializer_bytes(proto: Any) -> int:
+    """Size of a model counted from its tensors, not ByteSize(): protobuf refuses to size (or serialise) a
+    message over 2 GB; + 1 MiB for the graph itself."""
+    return sum(len(t.raw_data) or 4 * len(t.float_data) for t in proto.graph.initializer) + (1 << 20)
+
+
+def _to_fp16(proto: Any, work: Path, *, large: bool) -> Any:
+    """fp16 weights, fp32 inputs/outputs. The converter's shape inference serialises the whole model when
+    handed a ModelProto, which fails above 2 GB (`EncodeError: Failed to serialize proto`); a large model is
+    therefore written with external data first and converted from its path (inference on the file)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
     if large:
-        data = f"{path.name}.data"
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
-        files.append(path.with_name(data))
-        onnx.checker.check_model(str(path), full_check=True)
-        onnx.shape_inference.infer_shapes_path(str(path), str(path), strict_mode=True)
+        fp32 = work / "fp32.onnx"
+        onnx.save_model(proto, str(fp32), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="fp32.onnx.data", size_threshold=1024)
+        del proto
+        proto = convert_float_to_float16(str(fp32), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     else:
-        # the fp16 converter already wrote value_info (strict re-inference trips on its Cast nodes)
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=not fp16, data_prop=not fp16)
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save_model(proto, str(path))
-    return files
+        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+    _toposort(proto.graph)  # the converter appends its input casts at the end of the node list
+    return proto
 
 
 def initializer_stats(path: str | Path) -> dict[str, Any]:

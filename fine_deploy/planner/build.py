@@ -252,7 +252,9 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
                 extra = cost.elementwise_seconds(shape.tokens * shape.m1)
                 if t.name.endswith("qkv"):
                     extra += cost.attention_seconds(batch, shape.tokens // batch, shape.m1 // 3)
-                forms = ["dense"] + (["low_rank", "shared_basis"] if r <= shape.max_rank() else [])
+                # the exact source option of a converted type is a dense weight: no factors to run
+                factored = r <= shape.max_rank() and not t.is_source(r)
+                forms = ["dense"] + (["low_rank", "shared_basis"] if factored else [])
                 for form in forms:
                     sec, src = cost.layer_seconds(shape, form, r)
                     own, shared = cost.weight_bytes(shape, form, r)

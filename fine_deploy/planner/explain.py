@@ -94,6 +94,22 @@ def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) ->
     return rows
 
 
+def quality_line(loss: float, q: dict[str, Any]) -> str:
+    """The plan's quality line; it names what the loss is relative to, so "loss 0" is never a claim that a
+    model equals its source when that was not measured."""
+    what = f"{q['metric']}{', PROXY' if q['proxy'] else ''}"
+    ref = q.get("reference")
+    if ref == "source":
+        conv = q["conversion_error"]
+        tail = (f"; full model vs source {conv:.2g} (exact top options)" if q.get("exact_top")
+                else f"; includes the full model's conversion error {conv:.3g}")
+        return (f"quality  loss {loss:.4g} vs the source model ({what}{tail}; "
+                f"factors alone {q['factors_only_error']:.3g})")
+    if ref == "full supernet":
+        return f"quality  loss {loss:.4g} vs the supernet's full model, NOT the source model ({what}): {q['note']}"
+    return f"quality  loss {loss:.4g} ({what})"
+
+
 def print_plan(plan, budget, elapsed_s: float) -> None:
     from rich.table import Table
 
@@ -117,7 +133,7 @@ def print_plan(plan, budget, elapsed_s: float) -> None:
     console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}")
     if pr.get("pipeline"):
         _print_pipeline(console, pr["pipeline"], pr["denoiser_memory_bytes"])
-    console.print(f"quality  loss {pr['quality_loss']:.4g} ({q['metric']}{', PROXY' if q['proxy'] else ''})")
+    console.print(quality_line(pr["quality_loss"], q))
     s = plan.solver
     console.print(f"binding  {plan.binding or 'none'}; solver {s['status']}, gap {s.get('mip_gap', 0):.2g}, "
                   f"{s['binaries']} binaries; planned in {elapsed_s:.2f} s")

@@ -62,6 +62,10 @@ def sweep(space: Space, limits: Limits, points: int = 12) -> dict[str, list[dict
 
 def write_pareto(space: Space, budget, out_dir: Path, *, title: str = "", points: int = 12) -> dict[str, Any]:
     fronts = sweep(space, budget.limits(), points)
+    offset = getattr(budget, "loss_offset", 0.0)  # a converted supernet's full-model error vs its source
+    for front in fronts.values():
+        for p in front:
+            p["quality_loss"] = float(f"{p['quality_loss'] + offset:.9g}")
     doc = {
         "schema": SCHEMA,
         "format": FORMAT,

@@ -45,6 +45,8 @@ class Budget:
     max_loss: float | None
     texts: dict[str, str | None]
     pipeline: PipelineCost | None = None  # a converted pipeline's other components (fixed costs)
+    # quality loss every subnet carries whatever the knobs: a converted supernet's full model vs its source
+    loss_offset: float = 0.0
 
     def forward_to_shown(self, s: float) -> float:
         """Seconds per denoiser forward -> the unit the user budgets in (per image with --steps; for a pipeline
@@ -59,7 +61,8 @@ class Budget:
 
     def limits(self) -> Limits:
         mem = self.pipeline.denoiser_memory_limit(self.mem_bytes) if self.pipeline else self.mem_bytes
-        return Limits(self.latency_s, mem, self.max_loss)
+        loss = None if self.max_loss is None else self.max_loss - self.loss_offset
+        return Limits(self.latency_s, mem, loss)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,39 @@ def _r(x: float) -> float:
     return float(f"{x:.9g}")
 
 
+def quality_record(sn, sens: dict[str, Any]) -> dict[str, Any]:
+    """What the plan's quality figure means: the table's metric, and for a converted supernet its distance
+    from the source model (the loss a plan adds to the table's, since the table is relative to the full model).
+
+    A converted supernet measured by convert (`spec.conversion`): the full model's relative output MSE vs
+    the source is a loss every plan carries; with exact top options it is float rounding, and the table
+    (relative to the full model) is then relative to the source itself. A converted supernet that predates
+    that measurement says so, so that no plan of a model that may differ from its source reads "loss 0".
+    """
+    q: dict[str, Any] = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
+    if q["proxy"]:
+        q["note"] = ("data-free proxy: relative output MSE of each knob value alone on fixed random inputs; "
+                     "train the supernet to measure its sensitivity table")
+    conv = sn.spec.conversion
+    unit = str(sens.get("metric", "")).startswith("relative_output_mse")
+    if conv and unit:
+        q["reference"] = "source"
+        q["conversion_error"] = float(conv["full_model"]["rel_mse"])
+        q["factors_only_error"] = float(conv["factors_only"]["rel_mse"])
+        q["exact_top"] = bool(sn.exact_top)
+    elif conv:
+        q["reference"] = "full supernet"
+        q["conversion_error"] = None
+        q["note"] = (f"{sens.get('metric')} is relative to the supernet's full model, which is "
+                     f"{conv['full_model']['rel_l2']:.2e} rel. L2 from the source model")
+    elif sn.spec.provenance.get("source") == "diffusers":
+        q["reference"] = "full supernet"
+        q["conversion_error"] = None
+        q["note"] = ("converted before fine-deploy measured the conversion error: loss is relative to the "
+                     "supernet's full model, which may differ from the source; re-convert to measure it")
+    return q
+
+
 def load_device(device: str, lut: str | Path | None, profiles: str | Path | None):
     from fine_deploy.cost.lut import load_lut, lut_path
     from fine_deploy.cost.profiles import load_profile
@@ -161,7 +197,7 @@ def _min_feasible(space: Space, budget: Budget) -> str:
     if lim.loss is not None:
         s = solve(space, "loss", Limits(lim.latency_s, lim.memory_bytes, None))
         if s.ok:
-            hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss:.6g}")
+            hints.append(f"the smallest feasible --max-loss is {s.evaluation.loss + budget.loss_offset:.6g}")
     if not hints:
         s = solve(space, "memory")
         least = budget.memory_to_shown(s.evaluation.memory_bytes)
@@ -200,7 +236,7 @@ def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str,
         "latency_per_image_s": _r(budget.forward_to_shown(ev.latency_s)) if budget.per_image else None,
         "memory_bytes": int(math.ceil(budget.memory_to_shown(ev.memory_bytes))),
         "memory_parts": {k: _r(v) for k, v in ev.parts.items()},
-        "quality_loss": _r(ev.loss),
+        "quality_loss": _r(ev.loss + budget.loss_offset),
         "quality": quality,
         "cost_model": cost,
     }
@@ -263,10 +299,8 @@ def plan(
     pipe = pipeline_cost(sn, cost, res, offload)
     budget = make_budget(prof, mem, latency, steps, batch, max_loss, pipe)
     sens = sensitivity_table(sn, progress=show)
-    quality = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
-    if quality["proxy"]:
-        quality["note"] = ("data-free proxy: relative output MSE of each knob value alone on fixed random inputs; "
-                           "train the supernet to measure its sensitivity table")
+    quality = quality_record(sn, sens)
+    budget.loss_offset = float(quality.get("conversion_error") or 0.0)
     space = build_space(sn, cost, sens, batch=batch, resolution=res)
     objective = "latency" if max_loss is not None else "loss"
     sol = solve(space, objective, budget.limits())

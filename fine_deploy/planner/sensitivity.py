@@ -1,5 +1,9 @@
 """The quality side of the plan: the supernet's sensitivity table, or a data-free proxy of it.
 
+For a converted supernet whose top options are the source weights (`Supernet.exact_top`) the full model
+is the source model, so this table is measured against the source (`"reference": "source"`); the plan adds
+convert's full-model conversion error (`spec.conversion`) where the full model only approximates it.
+
 Until training measures `spec.sensitivity` on held-out data, the planner uses a proxy that needs no
 data: for every knob value, the subnet that changes only that knob is run on fixed random inputs and
 its relative output error against the full supernet, ||y_v - y_full||² / ||y_full||², is the loss of
@@ -53,12 +57,9 @@ def _knob_configs(sn) -> list[tuple[str, str, int, dict[str, Any]]]:
 
 def _with_rank(model, sn, t, r: int):
     """Fold type t at rank r into `model`'s weights in place; returns the weights to put back."""
-    from fine_deploy.supernet.core import basis_names, fold
-
-    U, V = (sn.tensors[n] for n in basis_names(t.name))
     saved = {}
     for m in t.matrices:
-        W = fold(U, V, sn.sigma(m["name"]), r)
+        W = sn.weight(m["name"], r)
         for p in m["parts"]:
             a, b = p["rows"]
             w = model.get_submodule(p["module"]).weight
@@ -164,6 +165,8 @@ def _proxy(sn, model, batch: int, res: int | None, seed: int, progress: bool, fu
         "metric": PROXY_METRIC,
         "baseline": 0.0,
         "proxy": True,
+        # the full model is the reference; for a converted supernet with exact top options that *is* the source
+        "reference": "source" if sn.exact_top else "full supernet",
         "proxy_version": PROXY_VERSION,
         "inputs": {"batch": batch, "seed": seed, "resolution": res},
         "measured": {"every_value": full, "forward_s": round(forward_s, 4), "jobs": len(jobs),
@@ -225,9 +228,11 @@ def _usable(table: dict[str, Any], sn) -> bool:
 
 
 def sensitivity_table(sn, *, cache: bool = True, progress: bool = True) -> dict[str, Any]:
-    """spec.sensitivity when training filled it for every knob value, else the cached random-input proxy."""
-    if _usable(sn.spec.sensitivity, sn) and not sn.spec.sensitivity.get("proxy"):
-        return sn.spec.sensitivity
+    """spec.sensitivity when training filled it for every knob value (or recovery training measured the proxy
+    against its teacher), else the cached random-input proxy."""
+    stored = sn.spec.sensitivity
+    if _usable(stored, sn) and (not stored.get("proxy") or stored.get("reference") == "source"):
+        return stored
     path = _cache_path(sn.content_hash)
     if cache and path.is_file():
         try:

@@ -13,7 +13,7 @@ from torch import nn
 from fine_deploy.backbones import adapter_for, adapter_of
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import sha256_file
-from fine_deploy.supernet.core import Supernet, basis_names
+from fine_deploy.supernet.core import Supernet, basis_names, source_name
 from fine_deploy.supernet.spec import SupernetSpec, TypeSpec
 from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
 
@@ -21,6 +21,9 @@ from fine_deploy.supernet.types import WeightType, dense_parameters, find_types
 # bases outgrow the dense weights themselves for large L and ALS above min(m1, m2) gets no compressed
 # core (about a minute per sweep for a DiT-XL fc1), so big types stop at min(m1, m2).
 DEFAULT_RANK_CAP_FACTOR = 1
+# Types with at most this many stacked entries (L·m1·m2) are fitted at their exact rank; larger ones are capped
+# (and keep their source weights as the exact top option, see model_to_supernet).
+EXACT_FIT_ENTRIES = 1 << 22
 
 
 def rank_ladder(max_rank: int, steps: int = 8) -> list[int]:
@@ -85,7 +88,11 @@ def model_to_supernet(
     als_iters: int = 25,
     calib: torch.Tensor | None = None,
     provenance: dict | None = None,
+    source_top: bool = False,
 ) -> Supernet:
+    """Fit shared factors per type. With `source_top`, a type whose factors stop below the exact rank
+    L·min(m1, m2) keeps its source weights as its top rank option (`TypeSpec.source_top`), so the full
+    subnet is `model` itself; training starts from random models and does not keep them."""
     from fine_deploy.supernet.cp import fit_shared_factors, prefix_errors
 
     ad = adapter_of(model)
@@ -97,18 +104,25 @@ def model_to_supernet(
         for t in types:
             W = stacked_weights(model, t)
             exact = t.exact_rank()
-            cap = exact if t.layers * t.m1 * t.m2 <= (1 << 22) else DEFAULT_RANK_CAP_FACTOR * min(t.m1, t.m2)
+            cap = exact if t.layers * t.m1 * t.m2 <= EXACT_FIT_ENTRIES else DEFAULT_RANK_CAP_FACTOR * min(t.m1, t.m2)
             R = min(exact, max_rank or cap)
             f = fit_shared_factors(W, R, iters=als_iters)
             R = f.U.shape[1]
-            ts = TypeSpec.from_weight_type(t, R, rank_ladder(R))
+            keep_source = source_top and R < exact
+            ladder = rank_ladder(R)
+            ts = TypeSpec.from_weight_type(t, exact if keep_source else R, ladder + ([exact] if keep_source else []))
+            ts.source_top = keep_source
             ts.reconstruction_error = {
-                str(r): float(e) for r, e in zip(ts.rank_options, prefix_errors(W, f, ts.rank_options), strict=True)
+                str(r): float(e) for r, e in zip(ladder, prefix_errors(W, f, ladder), strict=True)
             }
             u, v = basis_names(t.name)
             tensors[u], tensors[v] = f.U.float().contiguous(), f.V.float().contiguous()
             for i, m in enumerate(t.matrices):
                 tensors[f"sigma.{m.name}"] = f.S[i].float().contiguous()
+                if keep_source:  # the source weight, bit for bit (float32 like every stored tensor)
+                    tensors[source_name(m.name)] = W[i].contiguous()
+            if keep_source:
+                ts.reconstruction_error[str(exact)] = 0.0
             type_specs.append(ts)
             progress.advance(task)
     dense = dense_parameters(model, types)
@@ -136,8 +150,15 @@ def convert(
     max_rank: int | None = None,
     als_iters: int = 25,
     calib: str | Path | None = None,
+    exact_top: bool = True,
+    quiet: bool = True,
 ) -> Supernet:
     """Load a diffusers model folder, fit shared factors per type, compute channel orders, write SUPERNET.
+
+    With `exact_top` (the default) every type's top rank option reproduces the source weights, so a plan
+    with nothing binding exports the user's model; `--no-exact-top` leaves them out (a smaller file whose
+    full model is only the fit). Either way the conversion error against the source model is measured,
+    stored in supernet.json (`conversion`) and, unless `quiet`, printed.
 
     A pipeline folder (model_index.json) is checked whole first; its denoiser is factorised and its other
     components (text encoders, tokenizers, VAE, scheduler) are carried unchanged into SUPERNET/components/."""
@@ -154,7 +175,10 @@ def convert(
         "source": "diffusers",
         "source_class": type(model).__name__,
         "source_weights_sha256": sha256_file(weights[0]) if weights else None,
+        # where the source was: export compares a full plan against it when it is still there
+        "source_path": str((folder.denoiser if folder else src).resolve()),
         "als_iters": als_iters,
+        "exact_top": exact_top,
     }
     pipeline = {}
     if folder is not None:
@@ -166,11 +190,17 @@ def convert(
                     "text_tokens": folder.pipeline.text_tokens(
                         list(token_lengths(folder.pipeline, lambda tok: folder.components[tok].path).values()),
                         dict(model.config))}
-    sn = model_to_supernet(model, max_rank=max_rank, als_iters=als_iters, calib=x, provenance=prov)
+    sn = model_to_supernet(model, max_rank=max_rank, als_iters=als_iters, calib=x, provenance=prov,
+                           source_top=exact_top)
     if folder is not None:
         sn.spec.pipeline = pipeline
         sn.component_sources = {n: c.path for n, c in folder.components.items()}
+    from fine_deploy.supernet.fidelity import conversion_lines, conversion_record
+
+    sn.spec.conversion = conversion_record(sn, model, x, progress=not quiet)
     sn.save(output)
+    if not quiet:
+        print("\n".join(conversion_lines(sn.spec.conversion)))
     return sn
 
 

@@ -89,6 +89,22 @@ def fold(U: torch.Tensor, V: torch.Tensor, sigma: torch.Tensor, r: int) -> torch
     return (U[:, :r] * sigma[:r]) @ V[:, :r].T
 
 
+def source_name(matrix: str) -> str:
+    """Tensor holding a converted layer's source weight (the exact top option of a `source_top` type)."""
+    return f"source.{matrix}"
+
+
+def layer_weight(tensors: dict[str, torch.Tensor], t: TypeSpec, sigma: tuple[tuple[str, float], ...],
+                 r: int) -> torch.Tensor:
+    """Dense [m1, m2] weight of one layer at rank option r: the fold of the factors, or at a `source_top`
+    type's top option the source weight itself (interpolated along depth with σ's weights; at full depth
+    a copy of the source, bit for bit). `tensors` may hold trainable tensors: this is differentiable."""
+    if t.is_source(r):
+        return sum(w * tensors[source_name(n)] for n, w in sigma)
+    U, V = (tensors[n] for n in basis_names(t.name))
+    return fold(U, V, sum(w * tensors[f"sigma.{n}"] for n, w in sigma), r)
+
+
 class Supernet:
     def __init__(self, spec: SupernetSpec, tensors: dict[str, torch.Tensor], path: Path | None = None) -> None:
         self.spec = spec
@@ -157,9 +173,15 @@ class Supernet:
         for name, r in config.ranks.items():
             if name not in names:
                 raise FineDeployError(f"subnet config: unknown type {name!r}; types: {', '.join(names)}")
-            if not isinstance(r, int) or not 1 <= r <= names[name].max_rank:
+            t = names[name]
+            if not isinstance(r, int) or not 1 <= r <= t.max_rank:
                 raise FineDeployError(
-                    f"subnet config: rank {r!r} for type {name!r} is outside 1..{names[name].max_rank}"
+                    f"subnet config: rank {r!r} for type {name!r} is outside 1..{t.max_rank}"
+                )
+            if t.source_top and t.factor_rank < r < t.max_rank:
+                raise FineDeployError(
+                    f"subnet config: rank {r} for type {name!r} is neither a factor rank (1..{t.factor_rank}) nor "
+                    f"the exact source option {t.max_rank}; pick one of {t.rank_options}"
                 )
         if config.depth is not None:
             opts = self.spec.depth.get("options") or []
@@ -238,6 +260,20 @@ class Supernet:
             dense.append((name, src))
         return Layout(depth, dense, mats)
 
+    def weight(self, matrix: str, r: int, depth: int | None = None) -> torch.Tensor:
+        """Dense weight of one layer of the depth-`depth` subnet at rank option r (`layer_weight`)."""
+        for ms in self.layout(depth).matrices:
+            if ms.name == matrix:
+                return layer_weight(self.tensors, self.spec.type(ms.type), ms.sigma, r)
+        raise FineDeployError(f"the depth-{depth} subnet has no layer {matrix!r}")
+
+    @property
+    def exact_top(self) -> bool:
+        """Whether the full subnet reproduces a converted source model: every type's top option is either
+        the stored source weight or a fold at the exact rank L·min(m1, m2)."""
+        return bool(self.spec.conversion) and all(
+            t.source_top or t.max_rank >= t.layers * min(t.m1, t.m2) for t in self.types)
+
     def sigma(self, matrix: str, depth: int | None = None) -> torch.Tensor:
         """σ of a matrix of the subnet at `depth` (interpolated along depth when it differs from full)."""
         for ms in self.layout(depth).matrices:
@@ -253,9 +289,7 @@ class Supernet:
         kinds = {t.name: t for t in self.types}
         for ms in layout.matrices:
             t = kinds[ms.type]
-            r = config.ranks.get(t.name, t.max_rank)
-            U, V = (self.tensors[n] for n in basis_names(t.name))
-            W = fold(U, V, sum(w * self.tensors[f"sigma.{n}"] for n, w in ms.sigma), r)
+            W = layer_weight(self.tensors, t, ms.sigma, config.ranks.get(t.name, t.max_rank))
             for module, a, b in ms.parts:
                 w = W[a:b]
                 if t.kind == "conv":

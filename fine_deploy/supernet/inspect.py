@@ -25,6 +25,8 @@ def summary(sn: Supernet) -> dict[str, Any]:
                 "shape": [t.m1, t.m2],
                 "kernel_size": t.kernel_size,
                 "max_rank": t.max_rank,
+                "factor_rank": t.factor_rank,
+                "source_top": t.source_top,
                 "rank_options": t.rank_options,
                 "params": {str(r): t.params_at(r) for r in t.rank_options},
                 "reconstruction_error": t.reconstruction_error,
@@ -32,7 +34,7 @@ def summary(sn: Supernet) -> dict[str, Any]:
         )
     dense_params = sum(sn.tensors[f"dense.{n}"].numel() for n in spec.dense)
     typed_dense = sum(t.params_at(t.max_rank)["dense"] for t in spec.types)
-    shared_full = sum(t.params_at(t.max_rank)["shared_basis"] for t in spec.types)
+    shared_full = sum(t.params_at(t.factor_rank)["shared_basis"] for t in spec.types)
     return {
         "schema": 1,
         "path": str(sn.path) if sn.path else None,
@@ -49,6 +51,7 @@ def summary(sn: Supernet) -> dict[str, Any]:
         "widths": {"knobs": spec.widths.get("knobs", {}), "criterion": spec.widths.get("criterion")},
         "depth": spec.depth,
         "sensitivity": spec.sensitivity or {},
+        "conversion": spec.conversion or {},
         # which knobs this backbone class offers, and why not the others
         "knobs": sn.adapter.knob_notes(),
         "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype, "range": i.range}
@@ -89,7 +92,8 @@ def render(s: dict[str, Any], console: Console) -> None:
             t["name"], t["kind"], str(t["layers"]), f"{t['shape'][0]}×{t['shape'][1]}", str(len(opts)),
             "/".join(str(r) for r in shown),
             _fmt(t["params"][str(opts[-1])]["dense"]),
-            "/".join(_fmt(t["params"][str(r)]["shared_basis"]) for r in shown),
+            "/".join(_fmt(t["params"][str(r)].get("shared_basis", t["params"][str(r)]["dense"])) for r in shown)
+            + (" (top: source, dense)" if t["source_top"] else ""),
             "/".join(f"{t['reconstruction_error'].get(str(r), float('nan')):.2g}" for r in shown),
         )
     console.print(tab)
@@ -97,7 +101,7 @@ def render(s: dict[str, Any], console: Console) -> None:
     console.print(
         f"dense model {_fmt(tot['params_dense_model'])} params; stored {_fmt(tot['params_supernet_stored'])}; "
         f"typed weights {_fmt(tot['params_typed_dense'])} dense vs "
-        f"{_fmt(tot['params_typed_shared_basis_at_max_rank'])} shared-basis at max rank; "
+        f"{_fmt(tot['params_typed_shared_basis_at_max_rank'])} shared-basis at the largest factor rank; "
         f"{s['dense_parameters']['count']} dense tensors ({_fmt(s['dense_parameters']['params'])})"
     )
     knobs = s["widths"]["knobs"]
@@ -106,6 +110,10 @@ def render(s: dict[str, Any], console: Console) -> None:
         + f"  | depth: {s['depth'].get('options') or 'fixed'}"
         + f"  | sensitivity: {'measured' if s['sensitivity'] else 'not measured yet'}"
     )
+    from fine_deploy.supernet.fidelity import conversion_lines
+
+    for line in conversion_lines(s["conversion"]):
+        console.print(line)
     for knob, why in s["knobs"].items():
         console.print(f"  {knob}: {why}")
     console.print("inputs: " + ", ".join(f"{i['name']} {i['shape']}" for i in s["inputs"])

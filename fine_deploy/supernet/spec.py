@@ -13,7 +13,10 @@ from typing import Any
 from fine_deploy.errors import FineDeployError
 from fine_deploy.supernet.types import Matrix, Part, WeightType
 
-SCHEMA = 1
+# 2: TypeSpec.source_top + `source.*` tensors (a converted model's exact top option) and the `conversion`
+# record; schema-1 files still load (they have neither)
+SCHEMA = 2
+READS = (1, 2)
 FORMAT = "fine-deploy-supernet"
 SPEC_FILE = "supernet.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -32,6 +35,22 @@ class TypeSpec:
     rank_options: list[int]
     # relative Frobenius error of the stacked [L, m1, m2] weights, by rank (str keys: JSON)
     reconstruction_error: dict[str, float] = field(default_factory=dict)
+    # True for a converted type whose factors could not be exact: its top rank option, max_rank = L·min(m1, m2)
+    # (the rank at which shared factors would reproduce every layer), is kept as the source weights
+    # themselves (`source.<matrix>` tensors) instead of as L·min(m1, m2) columns of bases, so a plan with
+    # nothing binding is exactly the user's model. The factors hold `factor_rank` columns.
+    source_top: bool = False
+
+    @property
+    def factor_rank(self) -> int:
+        """Columns of U_t, V_t: the largest rank that is a fold of the factors."""
+        if not self.source_top:
+            return self.max_rank
+        return max(r for r in self.rank_options if r < self.max_rank)
+
+    def is_source(self, r: int) -> bool:
+        """Whether rank option r is the stored source weight (the exact top option)."""
+        return self.source_top and r > self.factor_rank
 
     @property
     def layers(self) -> int:
@@ -55,8 +74,10 @@ class TypeSpec:
         return cls(t.name, t.kind, t.m1, t.m2, ks, mats, max_rank, rank_options)
 
     def params_at(self, r: int) -> dict[str, int]:
-        """Weight counts of the three kernel forms at rank r (DESIGN §4)."""
+        """Weight counts of the three kernel forms at rank r (DESIGN §4); the source option is dense only."""
         L = self.layers
+        if self.is_source(r):
+            return {"dense": L * self.m1 * self.m2}
         return {
             "dense": L * self.m1 * self.m2,
             "low_rank": L * r * (self.m1 + self.m2),
@@ -84,6 +105,10 @@ class SupernetSpec:
     # "components": {name: {"library", "class", "role", "files": {rel: sha256}, "params", "weight_bytes",
     # "flops", "activation_bytes", "at"}}}; the components' files live in COMPONENTS_DIR/<name>/
     pipeline: dict[str, Any] = field(default_factory=dict)
+    # convert's measurement of how far the supernet is from the model it came from (`supernet.fidelity`):
+    # {"metric", "inputs", "full_model": {...}, "factors_only": {...}, "types": {type: {...}}}; empty when
+    # the supernet was trained, not converted (or converted before schema 2)
+    conversion: dict[str, Any] = field(default_factory=dict)
     schema: int = SCHEMA
     format: str = FORMAT
 
@@ -94,7 +119,19 @@ class SupernetSpec:
         raise FineDeployError(f"unknown type {name!r}; types: {', '.join(t.name for t in self.types)}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The spec as written. Fields added by schema 2 are left out while unused, and such a spec keeps
+        the schema it was read with, so every supernet made before them keeps its bytes and content hash
+        (plans record that hash)."""
+        d = asdict(self)
+        new = bool(self.conversion) or bool(self.pipeline) or any(t.source_top for t in self.types)
+        for key in ("conversion", "pipeline"):
+            if not d[key]:
+                del d[key]
+        for t in d["types"]:
+            if not t["source_top"]:
+                del t["source_top"]
+        d["schema"] = SCHEMA if new else self.schema
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any], where: str = SPEC_FILE) -> SupernetSpec:

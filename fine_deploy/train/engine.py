@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names, fold
+from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names, layer_weight, source_name
 
 
 def _key(name: str) -> str:
@@ -51,6 +51,10 @@ class TrainableSupernet(nn.Module):
                 self.sigmas[_key(m["name"])] = nn.Parameter(sn.tensors[f"sigma.{m['name']}"].detach().clone().float())
         for name in sn.spec.dense:
             self.dense[_key(name)] = nn.Parameter(sn.tensors[f"dense.{name}"].detach().clone().float())
+        # a converted type's exact top option: the source weights, carried along but never trained
+        self._sources = [m["name"] for t in sn.types if t.source_top for m in t.matrices]
+        for name in self._sources:
+            self.register_buffer(f"source__{_key(name)}", sn.tensors[source_name(name)].detach().clone().float())
         self.noise_scheduler = DDPMScheduler(**(scheduler_config or {"num_train_timesteps": 1000}))
         self.active = SubnetConfig()
         self.adapter = sn.adapter
@@ -114,11 +118,10 @@ class TrainableSupernet(nn.Module):
         layout = self._layouts.layout(depth)
         out = {name: self.dense[_key(src)] for name, src in layout.dense}
         kinds = {t.name: t for t in self.spec.types}
+        tensors = self._factor_view()
         for ms in layout.matrices:
             t = kinds[ms.type]
-            r = int(config.ranks.get(t.name, t.max_rank))
-            U, V = self.basis(t.name)
-            W = fold(U, V, sum(w * self.sigmas[_key(n)][:r] for n, w in ms.sigma), r)
+            W = layer_weight(tensors, t, ms.sigma, int(config.ranks.get(t.name, t.max_rank)))
             for module, a, b in ms.parts:
                 w = W[a:b]
                 if t.kind == "conv":
@@ -136,6 +139,18 @@ class TrainableSupernet(nn.Module):
                     for dim, idx in dims.items():
                         w = w.index_select(dim, idx.to(w.device))
                     out[name] = w
+        return out
+
+    def _factor_view(self) -> dict[str, torch.Tensor]:
+        """This module's factors (and source weights) under the supernet's tensor names: what layer_weight reads."""
+        out: dict[str, torch.Tensor] = {}
+        for t in self.spec.types:
+            u, v = basis_names(t.name)
+            out[u], out[v] = self.basis(t.name)
+            for m in t.matrices:
+                out[f"sigma.{m['name']}"] = self.sigma(m["name"])
+        for name in self._sources:
+            out[source_name(name)] = getattr(self, f"source__{_key(name)}")
         return out
 
     def model_inputs(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
@@ -170,6 +185,8 @@ class TrainableSupernet(nn.Module):
                 out[f"sigma.{m['name']}"] = self.sigma(m["name"]).detach().cpu().clone().contiguous()
         for name in self.spec.dense:
             out[f"dense.{name}"] = self.dense[_key(name)].detach().cpu().clone().contiguous()
+        for name in self._sources:
+            out[source_name(name)] = getattr(self, f"source__{_key(name)}").detach().cpu().clone().contiguous()
         return out
 
     def to_supernet(self) -> Supernet:

@@ -64,7 +64,8 @@ def size_config(tsn: TrainableSupernet, size: float, knobs: list[str]) -> Subnet
     cfg = SubnetConfig()
     if "ranks" in knobs:
         for t in tsn.spec.types:
-            cfg.ranks[t.name] = min((r for r in t.rank_options if r >= size * t.max_rank), default=t.max_rank)
+            fr = t.factor_rank  # a size scales the factors' rank; the exact source option is not a nested size
+            cfg.ranks[t.name] = min((r for r in t.rank_options if fr >= r >= size * fr), default=fr)
     if "widths" in knobs and tsn.spec.widths.get("allocations"):
         cfg.widths = dict(tsn.spec.widths["allocations"][f"{size:.2f}"])
     if "depth" in knobs and tsn.spec.depth.get("options"):
@@ -85,15 +86,22 @@ def refresh_widths(tsn: TrainableSupernet, calib: torch.Tensor, sizes: list[floa
 
 @torch.no_grad()
 def refresh_reconstruction_error(sn: Supernet) -> None:
-    """Re-measure each type's rank-prefix error against its own full-rank stack (training moved it)."""
+    """Re-measure each type's rank-prefix error (training moved it): against the source weights where the
+    type keeps them (a converted supernet), else against its own full-rank stack."""
+    from fine_deploy.supernet.core import source_name
     from fine_deploy.supernet.cp import SharedFactors, prefix_errors
 
     for t in sn.types:
         U, V = (sn.tensors[n] for n in basis_names(t.name))
         S = torch.stack([sn.tensors[f"sigma.{m['name']}"] for m in t.matrices])
         f = SharedFactors(U, V, S)
-        errs = prefix_errors(f.reconstruct(), f, t.rank_options)
-        t.reconstruction_error = {str(r): float(e) for r, e in zip(t.rank_options, errs, strict=True)}
+        ranks = [r for r in t.rank_options if not t.is_source(r)]
+        ref = (torch.stack([sn.tensors[source_name(m["name"])] for m in t.matrices]) if t.source_top
+               else f.reconstruct())
+        errs = prefix_errors(ref, f, ranks)
+        t.reconstruction_error = {str(r): float(e) for r, e in zip(ranks, errs, strict=True)}
+        if t.source_top:
+            t.reconstruction_error[str(t.max_rank)] = 0.0
 
 
 def initial_supernet(recipe: Recipe) -> Supernet:

@@ -22,7 +22,7 @@ import torch
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory
-from fine_deploy.supernet.core import SubnetConfig, Supernet
+from fine_deploy.supernet.core import SubnetConfig, Supernet, source_name
 from fine_deploy.train.data import fraction as data_fraction
 from fine_deploy.train.data import load_images, split
 from fine_deploy.train.engine import TrainableSupernet, sigma_only
@@ -44,6 +44,8 @@ def restrict_depth(sn: Supernet, depth: int | None) -> Supernet:
     for ms in layout.matrices:
         by_type[ms.type].append({"name": ms.name, "parts": [{"module": m, "rows": [a, b]} for m, a, b in ms.parts]})
         tensors[f"sigma.{ms.name}"] = sum(w * sn.tensors[f"sigma.{n}"] for n, w in ms.sigma).clone()
+        if sn.spec.type(ms.type).source_top:  # the exact top option follows σ's interpolation along depth
+            tensors[source_name(ms.name)] = sum(w * sn.tensors[source_name(n)] for n, w in ms.sigma).clone()
     for t in spec.types:
         t.matrices = by_type[t.name]
     spec.types = [t for t in spec.types if t.matrices]
