@@ -260,7 +260,9 @@ def record_export(out: dict, exp: Path, which: str) -> None:
     m = json.loads((exp / "manifest.json").read_text())
     out["parity"] += [{**p, "plan": which} for p in m["parity"]]
     out["onnx"][which] = {"external_data": m["checks"]["onnx"]["external_data"],
-                          "bytes": sum(f.stat().st_size for f in exp.rglob("*") if f.is_file())}
+                          "bytes": sum(f.stat().st_size for f in exp.rglob("*") if f.is_file()),
+                          # the export's own check against the converted source model (issue 19)
+                          "source": m["checks"].get("source")}
 
 
 def verdict(out: dict) -> dict:
@@ -290,6 +292,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=[*MODELS, *PIPELINES], choices=[*MODELS, *PIPELINES])
     ap.add_argument("--work", default=None, help="scratch folder (kept: re-runs reuse saved sources and supernets)")
     ap.add_argument("--mem", default="16GB")
+    ap.add_argument("--reconvert", action="store_true", help="convert again even where a supernet is in --work")
     ap.add_argument("--json", default="benchmarks/results/real_size.json")
     args = ap.parse_args()
     work = Path(args.work or Path(tempfile.gettempdir()) / "fine-deploy-real-size")
@@ -297,6 +300,10 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.exists() else {}
     results = {r["model"]: r for r in old.get("results", [])}
     for key in args.models:
+        if args.reconvert:
+            import shutil
+
+            shutil.rmtree(work / key / "sn", ignore_errors=True)
         results[key] = (run_pipeline(key, work, results.get(key)) if key in PIPELINES
                         else run_model(key, work, args.mem, results.get(key)))
         configs = {**MODELS, **PIPELINES}
