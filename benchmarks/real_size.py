@@ -77,6 +77,7 @@ _WRAP = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).re
 
 def step(args: list[str], env: dict[str, str], log: Path) -> dict:
     cmd = [sys.executable, "-c", _WRAP, sys.executable, "-m", "fine_deploy.cli", *map(str, args)]
+    commit = git_commit()  # the code this step runs: the commit at its start (later commits may land meanwhile)
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -84,7 +85,7 @@ def step(args: list[str], env: dict[str, str], log: Path) -> dict:
     rss = next((int(line.split()[1]) for line in res.stderr.splitlines() if line.startswith("MAXRSS_KB")), 0)
     last = [line for line in (res.stdout + res.stderr).splitlines() if line.strip() and "MAXRSS" not in line]
     # the code a step ran is the commit at its start: a convert reused by a later run keeps its own
-    return {"cmd": "fine-deploy " + " ".join(map(str, args)), "git_commit": git_commit(), "rc": res.returncode,
+    return {"cmd": "fine-deploy " + " ".join(map(str, args)), "git_commit": commit, "rc": res.returncode,
             "wall_s": round(wall, 1),
             "peak_rss_gb": round(rss / 2**20, 2), "last_line": last[-1][:300] if last else ""}
 
@@ -211,11 +212,16 @@ def run_pipeline(key: str, work: Path, old: dict | None = None) -> dict:
             return out
     elif old and "convert" in old.get("steps", {}):
         s["convert"] = old["steps"]["convert"]
+    reused = old is not None and s.get("convert") is old.get("steps", {}).get("convert")
     for device, mem, offload in PIPELINE_PLANS:
         name = f"plan_{device}_{offload}"
-        print(f"[{key}] {name} ...", flush=True)
-        s[name] = step(["plan", "--device", device, "--mem", mem, "--offload", offload, "--supernet", sn,
-                        "-o", d / f"{name}.json"], env, d / f"{name}.log")
+        done = (old or {}).get("steps", {}).get(name)
+        if reused and done and done["rc"] == 0 and (d / f"{name}.json").exists():
+            s[name] = done  # the supernet of that run is reused, and so are its plans (made cold)
+        else:
+            print(f"[{key}] {name} ...", flush=True)
+            s[name] = step(["plan", "--device", device, "--mem", mem, "--offload", offload, "--supernet", sn,
+                            "-o", d / f"{name}.json"], env, d / f"{name}.log")
         if s[name]["rc"] == 0:
             pr = json.loads((d / f"{name}.json").read_text())["predicted"]
             out["plans"][name] = {"memory_bytes": pr["memory_bytes"],
