@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import git_commit
+
 MODELS = {
     # DiT-XL/2 (Peebles & Xie): 28 blocks, width 1152, 16 heads, 256x256 images -> 32x32x4 latents
     "dit-xl-2": ("DiTTransformer2DModel", dict(num_layers=28, num_attention_heads=16, attention_head_dim=72,
@@ -285,12 +287,6 @@ def verdict(out: dict) -> dict:
     return {k: {"value": v, "target": TARGETS[k], "ok": v is not None and v <= TARGETS[k]} for k, v in got.items()}
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def main() -> None:

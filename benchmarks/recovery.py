@@ -24,17 +24,14 @@ import argparse
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# benchmarks/kernels.py would shadow the `kernels` package that diffusers' peft loader imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from provenance import git_commit  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
@@ -49,12 +46,6 @@ from fine_deploy.train.recover import SIZES, distill_error, recover  # noqa: E40
 BUDGETS = (0.05, 0.1, 0.15, 0.2)  # fraction of the dense typed weights' parameters
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 class Dense(nn.Module):

@@ -61,16 +61,10 @@ def train_classifier(out: str | Path | None = None, *, epochs: int = 40, seed: i
     return meta
 
 
-@torch.no_grad()
-def heldout_loss(tsn, data: ImageSet, config=None, *, draws: int = 2, seed: int = 1234, batch: int = 512) -> float:
-    """Mean ε-prediction MSE over every held-out image × `draws` fixed (noise, t) pairs.
-
-    The (noise, t) pairs depend only on `seed` and the data, so two subnets are scored on exactly
-    the same problems and differences in this number are differences of the models.
-    """
-    from fine_deploy.supernet.core import SubnetConfig
-
-    config = config or SubnetConfig()
+def fixed_noisy_batches(tsn, data: ImageSet, *, draws: int, seed: int, batch: int):
+    """Every held-out image × `draws` fixed (noise, t) pairs, noised, in batches on the model's device:
+    (noisy, t, labels, noise). The pairs depend only on `seed` and the data, so two models are scored on
+    exactly the same problems."""
     g = torch.Generator().manual_seed(seed)
     T = tsn.noise_scheduler.config.num_train_timesteps
     x0 = data.images.repeat(draws, 1, 1, 1)
@@ -78,14 +72,25 @@ def heldout_loss(tsn, data: ImageSet, config=None, *, draws: int = 2, seed: int 
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(0, T, (len(x0),), generator=g)
     dev = next(tsn.parameters()).device
-    total = 0.0
     for i in range(0, len(x0), batch):
         sl = slice(i, i + batch)
         noisy = tsn.noise_scheduler.add_noise(x0[sl], noise[sl], t[sl]).to(dev)
-        lab = None if labels is None else labels[sl].to(dev)
-        pred = tsn.predict(noisy, t[sl].to(dev), lab, config)
-        total += float(F.mse_loss(pred.float(), noise[sl].to(dev), reduction="sum"))
-    return total / noise.numel()
+        yield noisy, t[sl].to(dev), None if labels is None else labels[sl].to(dev), noise[sl].to(dev)
+
+
+@torch.no_grad()
+def heldout_loss(tsn, data: ImageSet, config=None, *, draws: int = 2, seed: int = 1234, batch: int = 512) -> float:
+    """Mean ε-prediction MSE over every held-out image × `draws` fixed (noise, t) pairs
+    (`fixed_noisy_batches`: differences in this number are differences of the models)."""
+    from fine_deploy.supernet.core import SubnetConfig
+
+    config = config or SubnetConfig()
+    total = count = 0.0
+    for noisy, t, lab, noise in fixed_noisy_batches(tsn, data, draws=draws, seed=seed, batch=batch):
+        pred = tsn.predict(noisy, t, lab, config)
+        total += float(F.mse_loss(pred.float(), noise, reduction="sum"))
+        count += noise.numel()
+    return total / count
 
 
 def quality(tsn, real: ImageSet, config=None, *, samples: int = 500, steps: int = 50, guidance_scale: float = 1.0,

@@ -15,7 +15,6 @@ the Fréchet distance go into supernet.json.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from fine_deploy.backbones import adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory, atomic_write_json
 from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names
+from fine_deploy.train.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, TRAINER_SCHEMA, load_checkpoint
 from fine_deploy.train.data import ImageSet, load_images, split
 from fine_deploy.train.engine import TrainableSupernet
 from fine_deploy.train.loop import (
@@ -38,10 +38,6 @@ from fine_deploy.train.loop import (
     size_generator,
 )
 from fine_deploy.train.recipe import Recipe, load_recipe
-
-TRAINER_SCHEMA = 1
-OPTIMIZER_FILE = "optimizer.safetensors"
-TRAINER_FILE = "trainer.json"
 
 
 def checkpoint_dir(output: str | Path) -> Path:
@@ -143,19 +139,7 @@ def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[
 
 
 def _load_checkpoint(ckpt: Path) -> tuple[Supernet, dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    meta_path = ckpt / TRAINER_FILE
-    if not meta_path.is_file():
-        raise FineDeployError(f"--resume: no checkpoint at {ckpt}; run without --resume to start training")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FineDeployError(
-            f"{meta_path}: not valid JSON ({e.msg}); delete {ckpt} and train without --resume") from None
-    if meta.get("schema") != TRAINER_SCHEMA:
-        raise FineDeployError(f"{meta_path}: trainer schema {meta.get('schema')!r} unsupported; train without --resume")
-    return Supernet.load(ckpt / "supernet"), load_file(str(ckpt / OPTIMIZER_FILE)), meta
+    return load_checkpoint(ckpt, None, "training")
 
 
 def train(

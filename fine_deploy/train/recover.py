@@ -20,7 +20,6 @@ sensitivity table of the result are re-measured against the teacher.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from torch import nn
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory, atomic_write_json, sha256_file
 from fine_deploy.supernet.core import SubnetConfig, Supernet
+from fine_deploy.train.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, TRAINER_SCHEMA, load_checkpoint
 from fine_deploy.train.data import ImageSet, load_images, split
 from fine_deploy.train.engine import TrainableSupernet
 from fine_deploy.train.loop import (
@@ -45,9 +45,6 @@ from fine_deploy.train.loop import (
 )
 
 SIZES = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
-TRAINER_SCHEMA = 1
-TRAINER_FILE = "trainer.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
 
 
 class Distiller(nn.Module):
@@ -130,20 +127,12 @@ def teacher_samples(teacher: nn.Module, sn: Supernet, schedule: dict[str, Any], 
 def distill_error(tsn: TrainableSupernet, teacher: nn.Module, data: ImageSet, config: SubnetConfig, *,
                   draws: int = 2, seed: int = 4321, batch: int = 256) -> float:
     """Relative output MSE of a subnet vs the teacher on fixed noisy held-out inputs (the recovery metric)."""
-    g = torch.Generator().manual_seed(seed)
-    T = tsn.noise_scheduler.config.num_train_timesteps
-    x0 = data.images.repeat(draws, 1, 1, 1)
-    labels = None if data.labels is None or not tsn.class_conditional else data.labels.repeat(draws)
-    noise = torch.randn(x0.shape, generator=g)
-    t = torch.randint(0, T, (len(x0),), generator=g)
+    from fine_deploy.train.metrics import fixed_noisy_batches
+
     num = den = 0.0
-    dev = next(tsn.parameters()).device
-    for i in range(0, len(x0), batch):
-        sl = slice(i, i + batch)
-        noisy = tsn.noise_scheduler.add_noise(x0[sl], noise[sl], t[sl]).to(dev)
-        lab = None if labels is None else labels[sl].to(dev)
-        y_t = teacher(**tsn.model_inputs(noisy, t[sl].to(dev), lab)).sample.double()
-        y_s = tsn.predict(noisy, t[sl].to(dev), lab, config).double()
+    for noisy, t, lab, _ in fixed_noisy_batches(tsn, data, draws=draws, seed=seed, batch=batch):
+        y_t = teacher(**tsn.model_inputs(noisy, t, lab)).sample.double()
+        y_s = tsn.predict(noisy, t, lab, config).double()
         num += float(((y_s - y_t) ** 2).sum())
         den += float((y_t**2).sum())
     return num / max(den, 1e-300)
@@ -166,19 +155,7 @@ def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[
 
 
 def _load_checkpoint(ckpt: Path) -> tuple[Supernet, dict[str, torch.Tensor], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    meta_path = ckpt / TRAINER_FILE
-    if not meta_path.is_file():
-        raise FineDeployError(f"--resume: no checkpoint at {ckpt}; run without --resume to start recovery")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
-        raise FineDeployError(
-            f"{meta_path}: not valid JSON ({e.msg}); delete {ckpt} and run without --resume") from None
-    if meta.get("schema") != TRAINER_SCHEMA or meta.get("kind") != "recovery":
-        raise FineDeployError(f"{meta_path}: not a recovery checkpoint of this version; run without --resume")
-    return Supernet.load(ckpt / "supernet"), load_file(str(ckpt / OPTIMIZER_FILE)), meta
+    return load_checkpoint(ckpt, "recovery", "recovery")
 
 
 def recover(
