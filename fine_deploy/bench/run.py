@@ -77,6 +77,41 @@ class _Entry:
         self.cpu_samples.append(time.process_time() - c0)
 
 
+UNTIL_DECIDED_BUDGET_S = 300.0
+CHECK_EVERY = 20  # rounds between looks at the paired verdict
+
+
+class _Stop:
+    """The sequential stop of ``bench --until-decided``: look at the paired verdict every CHECK_EVERY rounds.
+
+    The look uses Wald's boundaries (fine_deploy.bench.decide), which keep their error rates (approximately)
+    under repeated looks; the same rule in ``report`` on the two models of the written file gives the same verdict.
+    """
+
+    def __init__(self, threshold: float, budget_s: float, min_rounds: int) -> None:
+        self.threshold, self.budget_s, self.min_rounds = threshold, budget_s, min_rounds
+        self.verdict, self.rounds, self.seconds, self.looks = "inconclusive", 0, 0.0, 0
+
+    def done(self, entries: list[_Entry], rounds: int, elapsed: float) -> bool:
+        if rounds < self.min_rounds or rounds % CHECK_EVERY and elapsed < self.budget_s:
+            return False
+        from fine_deploy.bench.decide import decide, robust_location
+
+        base, cur = entries
+        cpu = base.session.backend == "onnxruntime-cpu"
+        b = np.asarray(base.cpu_samples if cpu else base.samples)
+        c = np.asarray(cur.cpu_samples if cpu else cur.samples)
+        x, se = robust_location(np.log(c / b))
+        self.verdict, self.rounds, self.seconds = decide(x, se, self.threshold), rounds, elapsed
+        self.looks += 1
+        return self.verdict != "inconclusive" or elapsed >= self.budget_s
+
+    def record(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "verdict": self.verdict, "rounds": self.rounds,
+                "seconds": round(self.seconds, 3), "looks": self.looks, "budget_s": self.budget_s,
+                "check_every": CHECK_EVERY}
+
+
 def _progress(enabled: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -110,6 +145,8 @@ def bench(
     show: bool = True,
     spinup_s: float = SPINUP_S,
     measure_mem: bool = True,
+    until_decided: bool = False,
+    threshold: float | str = 0.05,
 ) -> BenchResult:
     """Benchmark every artifact in ``paths`` in one process and write ``json_path`` (bench.json).
 
@@ -117,7 +154,11 @@ def bench(
     seconds, at least 5 rounds) in ``order``; the calibration GEMM is timed in every round.
     Inputs come from the artifact's declared shapes, ``shapes`` overriding by input name.
     Timing starts after ``spinup_s`` busy seconds (a cold core reads slower); memory is measured
-    per artifact in a child process (``fine_deploy.bench.memory``), so the order does not matter.
+    per artifact in a fresh process (``fine_deploy.bench.memory``), so the order does not matter.
+
+    ``until_decided`` (two artifacts: baseline, current): rounds go on, interleaved, until the paired
+    verdict at ``threshold`` (fine_deploy.bench.decide) is regressed, improved or unchanged, or the time
+    budget (``time_budget_s``, default 300 s) runs out; ``runs`` is then the minimum.
     """
     if not paths:
         raise FineDeployError("no artifact given; pass one or more export directories or model files")
@@ -129,6 +170,15 @@ def bench(
         raise FineDeployError("--time-budget must be a positive number of seconds")
     if spinup_s < 0:
         raise FineDeployError("--spin-up must be a number of seconds >= 0")
+    stop = None
+    if until_decided:
+        if len(paths) != 2 or order != "interleaved":
+            raise FineDeployError(
+                "--until-decided compares two artifacts, baseline then current, interleaved; give exactly two"
+            )
+        from fine_deploy.bench.report import parse_threshold
+
+        stop = _Stop(parse_threshold(threshold), time_budget_s or UNTIL_DECIDED_BUDGET_S, max(runs, CHECK_EVERY))
     from fine_deploy.validate import output_file
 
     output_file(json_path, "--json", "bench.json")  # refused before measuring, not after
@@ -196,7 +246,7 @@ def bench(
 
     spin_up(spinup_s)
 
-    max_rounds = runs if time_budget_s is None else 1_000_000
+    max_rounds = runs if time_budget_s is None and stop is None else 1_000_000
     start = time.perf_counter()
     with _progress(progress) as bar:
         total = max_rounds if time_budget_s is None else None
@@ -211,7 +261,10 @@ def bench(
                     time_calibration()
                 r += 1
                 bar.advance(task)
-                if time_budget_s is not None and r >= 5 and time.perf_counter() - start >= time_budget_s:
+                if stop is not None:
+                    if stop.done(entries, r, time.perf_counter() - start):
+                        break
+                elif time_budget_s is not None and r >= 5 and time.perf_counter() - start >= time_budget_s:
                     break
         else:
             per_model = None if time_budget_s is None else time_budget_s / len(entries)
@@ -277,6 +330,7 @@ def bench(
             timer=TIMER,
             time_budget_s=time_budget_s,
             spinup_s=spinup_s,
+            until_decided=stop.record() if stop is not None else None,
             memory_isolation=ISOLATION if measure_mem else None,
             cross_run_metric=cross_run_metric(entries[0].session.backend, threads),
         ),
