@@ -12,7 +12,7 @@
 #      run with --history: exit 0 passes, 1 is a regression, 3 undecided -> step 5;
 #   5. undecided: bench baseline and current interleaved with --until-decided and report on that file;
 #   6. self-test (FD_GATE_SELFTEST=1, default): inject real extra layers into the current model
-#      (python -m fine_deploy.bench.slowdown: a twin of every 4th MatMul/Gemm/Conv, ~ +10% here) and
+#      (python -m fine_deploy.bench.slowdown: a twin of every 2nd MatMul/Gemm/Conv, ~ +10% here) and
 #      require the same gate to say "regressed"; a gate that cannot fail fails here.
 # Exit: the gate's verdict (0 pass, 1 regression, 3 undecided), or 1 when the self-test was not caught.
 # Env: FD_GATE_CURRENT_ARTIFACT (skip step 1), FD_GATE_RUNS (rounds per bench, 300), THRESHOLD (5%).
@@ -99,7 +99,7 @@ cat "$OUT/report.md"
 # 6. self-test: the gate must fail on a real slowdown of this model
 if [ "${FD_GATE_SELFTEST:-1}" = "1" ]; then
   rm -rf "$OUT/slow"
-  python -m fine_deploy.bench.slowdown "$CUR" "$OUT/slow" --every 4
+  python -m fine_deploy.bench.slowdown "$CUR" "$OUT/slow" --every 2
   "${FD[@]}" bench "$OUT/slow" "${BENCH_ARGS[@]}" --json "$OUT/slow.json" >/dev/null
   src=0; gate "$OUT/slow.json" "$OUT/selftest" "$OUT/slow" || src=$?
   if [ "$src" -ne 1 ]; then
