@@ -3,8 +3,8 @@
 # `bench` processes, compared by `report` through the between-run noise model learned from A/A history.
 #
 #   1. export the default model (embedded supernet) from this checkout: the "current" artifact;
-#   2. export it from the baseline code too (FD_GATE_BASE_REF, default origin/main, else main, in a git
-#      worktree) unless FD_GATE_BASELINE_ARTIFACT names a stored export; when that ref is missing or has
+#   2. export it from the baseline code too (FD_GATE_BASE_REF, default origin/main, else main, unpacked
+#      with git archive) unless FD_GATE_BASELINE_ARTIFACT names a stored export; when that ref is missing or has
 #      this checkout's tree, the baseline is this export itself (an A/A run);
 #   3. bench the baseline FD_GATE_HISTORY times, each in a process of its own: the A/A history that
 #      teaches `report` this machine's between-run noise;
@@ -53,9 +53,10 @@ else
     done
   fi
   if [ -n "$ref" ] && [ "$(git rev-parse "$ref^{tree}")" != "$(git rev-parse "HEAD^{tree}")" ]; then
-    git worktree add -q --detach "$OUT/base-src" "$ref"
+    rm -rf "$OUT/base-src" && mkdir -p "$OUT/base-src"
+    git archive "$ref" | tar -x -C "$OUT/base-src"   # the baseline's code, no git metadata touched
     export_default "$OUT/base-src" "$BASE"
-    git worktree remove --force "$OUT/base-src"
+    rm -rf "$OUT/base-src"
     how="exported from $ref"
   else
     cp -r "$CUR" "$BASE"; how="this checkout (no other baseline ref: an A/A run)"
