@@ -92,6 +92,8 @@ def test_separate_runs_with_history_decide_and_say_how(tmp_path: Path) -> None:
     undecided = build_report(base, same)
     assert undecided.comparisons[0].verdict == "inconclusive" and undecided.exit_code == EXIT_INCONCLUSIVE
     assert "--until-decided" in undecided.comparisons[0].reason
+    short = build_report(base, same, history=hist[:2])  # too short a history: the default, and it says why
+    assert "2 run(s) of unet, 3 needed" in short.comparisons[0].decided_by["noise"]
 
     runner = CliRunner()
     res = runner.invoke(app, ["report", "--baseline", str(base), "--current", str(same)])

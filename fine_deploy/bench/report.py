@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 from fine_deploy.bench.decide import ALPHA, BETA, Band, band, decide, robust_location
 from fine_deploy.bench.noise import (
     METRIC_NAMES,
+    MIN_HISTORY,
     QUANTILE,
     default_noise,
     history_values,
@@ -224,11 +225,14 @@ def _cross_run(base: Selection, b: ModelResult, cur: Selection, c: ModelResult, 
     of this platform (fine_deploy.bench.noise) instead of the within-run spread."""
     rb, rc = run_value(base.result, b, metric), run_value(cur.result, c, metric)
     same_machine = base.result.machine.get("id") == cur.result.machine.get("id")
-    if history:
-        noise = learn_noise(history_values(history, b.name, b.sha256, metric), metric,
-                            elasticity=1.0 if normalize else None)
-    else:
+    values = history_values(history, b.name, b.sha256, metric) if history else []
+    if len(values) >= MIN_HISTORY:
+        noise = learn_noise(values, metric, elasticity=1.0 if normalize else None)
+    else:  # no history for this model (another model of a multi-model file may have some): say so
         noise = default_noise(metric, same_machine, elasticity=1.0 if normalize else None)
+        if history:
+            noise = replace(noise, source=f"{noise.source}; --history holds {len(values)} run(s) of {b.name}, "
+                                          f"{MIN_HISTORY} needed")
     x = noise.value(rc) - noise.value(rb)
     se = pair_se(noise, rb, rc)
     verdict = decide(x, se, threshold, alpha, beta)
