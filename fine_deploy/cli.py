@@ -135,6 +135,11 @@ def bench_cmd(
     calibrate: bool = typer.Option(
         True, "--calibrate/--no-calibrate", help="Also time the calibration GEMM."
     ),
+    spin_up: float = typer.Option(1.0, "--spin-up", help="Busy seconds before timing (a cold core is slower)."),
+    until_decided: bool = typer.Option(
+        False, "--until-decided", help="Two artifacts (baseline, current): time until the verdict is decided."
+    ),
+    threshold: str = typer.Option("5%", "--threshold", help="With --until-decided: the change to decide about."),
 ) -> None:
     """Time exported artifacts: median/mean/std/p90/p99, throughput, per-image latency, memory."""
     from fine_deploy.bench.run import bench
@@ -142,6 +147,7 @@ def bench_cmd(
     bench(
         artifacts, runs, json_path, steps=steps, shapes=shape, threads=threads, batch=batch, warmup=warmup,
         time_budget_s=time_budget, order=order, spinning=spinning, backend=backend, calibrate=calibrate,
+        spinup_s=spin_up, until_decided=until_decided, threshold=threshold,
     )
 
 
@@ -154,14 +160,19 @@ def report_cmd(
     output: Path | None = typer.Option(None, "-o", "--output", help="Report file (default: stdout)."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a PNG of the distributions."),
     normalize: bool = typer.Option(False, "--normalize", help="Divide by each run's calibration GEMM time."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level of the test."),
-    metric: str = typer.Option("wall", "--metric", help="wall, or cpu: process CPU time (CPU backends)."),
+    alpha: float = typer.Option(0.01, "--alpha", help="False-alarm rate at no change."),
+    beta: float = typer.Option(0.05, "--beta", help="Miss rate at a change of exactly the threshold."),
+    metric: str = typer.Option("auto", "--metric", help="auto, wall, or cpu: process CPU time (CPU backends)."),
+    history: list[Path] = typer.Option(
+        [], "--history", help="A/A history: bench.json files (or a folder of them) of separate baseline runs."
+    ),
 ) -> None:
-    """Compare current against baseline per model; exit 1 on a latency regression."""
+    """Compare current against baseline per model; exit 1 on a regression, 3 when undecided."""
     from fine_deploy.bench.report import report
 
-    if report(baseline, current, threshold, fmt, output, plot, normalize, alpha, metric).regressed:
-        raise typer.Exit(1)
+    code = report(baseline, current, threshold, fmt, output, plot, normalize, alpha, metric, history, beta).exit_code
+    if code:
+        raise typer.Exit(code)
 
 
 @command("export")

@@ -45,6 +45,11 @@ def test_bench_writes_schema_valid_json(models: tuple[Path, Path], tmp_path: Pat
     assert (s.run_order, s.estimator, s.spinning, s.threads, s.runs) == ("interleaved", "median", False, 1, 7)
     assert loaded.calibration is not None and loaded.calibration.median_s > 0
     assert len(loaded.calibration.samples_s) == 7 and loaded.calibration.flops > 0
+    assert loaded.calibration.cpu_samples_s is not None and len(loaded.calibration.cpu_samples_s) == 7
+    # spin-up by default, memory from a fresh process, and what makes separate runs comparable here
+    assert s.spinup_s == 1.0 and s.memory_isolation and s.memory_isolation.startswith("fresh process")
+    assert s.cross_run_metric["metric"] == "cpu" and "instructions" in s.cross_run_metric
+    assert m.memory["rss_increase_bytes"] is not None and m.memory["rss_increase_bytes"] > 0
     assert loaded.machine["usable_cores"] >= 1 and loaded.machine["versions"]["onnxruntime"]
 
 

@@ -1,8 +1,10 @@
 """The calibration kernel: a fixed GEMM chain run through ONNX Runtime with the bench's options.
 
 Timed in the same rounds as the models, its median says how fast this machine was during this
-run; dividing a model's median by it makes runs from different machines (or a noisy neighbour)
-comparable as ratios (``report --normalize``).
+run; dividing a model's time by it makes runs from different machines (or a noisy neighbour)
+comparable as ratios. ``report`` divides each round's model CPU time by the same round's calibration
+CPU time when comparing separate runs (a core slowed by its hyper-thread sibling or a cold cache slows
+both alike), and the run medians with ``--normalize``.
 """
 
 from __future__ import annotations
@@ -35,12 +37,13 @@ class CalibrationKernel:
         self._feeds = {"x": np.random.default_rng(0).standard_normal((SIZE, SIZE)).astype(np.float32)}
         self.options = options
 
-    def time_once(self) -> float:
+    def time_once(self) -> tuple[float, float]:
+        """(wall seconds, process CPU seconds) of one run."""
         import time
 
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         self._sess.run(["y"], self._feeds)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def describe(self) -> dict[str, Any]:
         so = self._sess.get_session_options()

@@ -22,7 +22,7 @@ def _num(x: float | None, fmt: str) -> str:
 
 
 def _time(c: Comparison, x: float) -> str:
-    return _num(x, ".3f") if c.normalized else _num(x * 1e3, ".3f") + " ms"
+    return _num(x * 1e3, ".3f") + " ms"  # raw medians; the ratio column carries any normalisation
 
 
 def render(rep: Report, fmt: str) -> str:
@@ -35,15 +35,18 @@ def render_json(rep: Report) -> str:
 
 def render_markdown(rep: Report) -> str:
     counts = {v: sum(c.verdict == v for c in rep.comparisons) for v in MARK}
-    head = "❌ latency regression" if rep.regressed else "✅ no latency regression"
-    unit = "calibration units" if rep.normalized else ("CPU ms" if rep.metric == "cpu" else "ms")
+    head = ("❌ latency regression" if rep.regressed else
+            "🟡 undecided: measure again" if rep.inconclusive else "✅ no latency regression")
+    unit = "CPU ms" if rep.metric == "cpu" else "ms"
     lines = [
         f"### fine-deploy bench report: {head}",
         "",
-        f"Threshold ±{rep.threshold:.0%} · α = {rep.alpha} · "
+        f"Threshold ±{rep.threshold:.0%} · α = {rep.alpha} · β = {rep.beta} · "
         + " · ".join(f"{n} {v}" for v, n in counts.items() if n)
         + (" · normalised by the calibration GEMM" if rep.normalized else "")
         + (" · metric: process CPU time per run" if rep.metric == "cpu" else ""),
+        "",
+        f"How it decided: {rep.decided_by()}",
         "",
         f"| model | baseline ({unit}) | current ({unit}) | ratio | 95% CI | p | verdict |",
         "|---|---:|---:|---:|---:|---:|---|",
@@ -56,8 +59,7 @@ def render_markdown(rep: Report) -> str:
         )
     lines.append("")
     for c in rep.comparisons:
-        test = "Wilcoxon signed-rank, paired rounds" if c.method == "paired" else "Mann-Whitney U"
-        lines.append(f"- **{c.name}**: {c.reason} ({test}, n = {c.n_baseline}/{c.n_current})")
+        lines.append(f"- **{c.name}**: {c.reason} ({c.method}, n = {c.n_baseline}/{c.n_current})")
     for name in rep.missing:
         lines.append(f"- **{name}**: in the baseline only (not benchmarked now)")
     for name in rep.new:
@@ -68,7 +70,8 @@ def render_markdown(rep: Report) -> str:
     lines += [
         "",
         f"<sub>baseline `{b['path']}` ({b['created']}, {b['cpu_model']}) · current `{cur['path']}` "
-        f"({cur['created']}, {cur['cpu_model']}) · estimator: median · CI: bootstrap</sub>",
+        f"({cur['created']}, {cur['cpu_model']}) · 95% CI: ±1.96 se of the log ratio · exit 0 ok, 1 regressed, "
+        "3 undecided</sub>",
         "",
     ]
     return "\n".join(lines)
@@ -91,16 +94,24 @@ def render_junit(rep: Report) -> str:
             "testcase",
             classname="fine-deploy.bench",
             name=c.name,
-            time=f"{c.current_median:.6f}" if not c.normalized else "0",
+            time=f"{c.current_median:.6f}",
         )
         summary = f"{c.verdict}: ratio {_num(c.ratio, '.3f')} [{_num(c.ci_low, '.3f')}, {_num(c.ci_high, '.3f')}]"
         if c.verdict == "regressed":
             failure = ET.SubElement(case, "failure", message=summary, type="LatencyRegression")
             failure.text = c.reason
-        ET.SubElement(case, "system-out").text = f"{summary}; {c.reason}"
+        how = c.decided_by or {}
+        ET.SubElement(case, "system-out").text = (
+            f"{summary}; {c.reason}; decided by: {how.get('mode')}, {how.get('metric')}, normaliser "
+            f"{how.get('normaliser')}, noise {how.get('noise')}, runs {how.get('runs')}"
+        )
     for name in rep.missing:
         case = ET.SubElement(suite, "testcase", classname="fine-deploy.bench", name=name)
         ET.SubElement(case, "skipped", message="in the baseline only; not benchmarked in this run")
+    props = ET.Element("properties")
+    ET.SubElement(props, "property", name="decided_by", value=rep.decided_by())
+    ET.SubElement(props, "property", name="exit_code", value=str(rep.exit_code))
+    suite.insert(0, props)
     root = ET.Element("testsuites", name="fine-deploy report", tests=suite.get("tests"), failures=str(failures))
     root.append(suite)
     ET.indent(root)

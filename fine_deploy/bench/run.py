@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 import sys
 import time
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from fine_deploy.bench.platform_metric import cross_run_metric
 from fine_deploy.bench.schema import BenchResult, BenchSettings, Calibration, ModelResult
 from fine_deploy.bench.stats import ESTIMATOR, summarize
 from fine_deploy.errors import FineDeployError
@@ -30,6 +30,9 @@ TIMER = (
     "time.perf_counter around one Session.run (TensorRT: enqueue + synchronize), one sample per run; "
     "CPU backends also record time.process_time (cpu_samples_s)"
 )
+# A cold core read a 17 us graph 1.4x slower than one busy for 2 s (fine_deploy.cost.timing); loading the
+# sessions keeps the core busy too, so 1 s on top is enough and keeps a short bench short.
+SPINUP_S = 1.0
 _SHAPE = re.compile(r"^([^=\s]+)=(\d+(?:x\d+)*)$")
 
 
@@ -46,24 +49,6 @@ def parse_shapes(specs: Sequence[str] | Mapping[str, Sequence[int]] | None) -> d
             raise FineDeployError(f"--shape {spec!r} is not NAME=DxDx...; write e.g. --shape sample=1x4x16x16")
         out[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
     return out
-
-
-def _rss_bytes() -> int | None:
-    """Current resident set size (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _peak_rss_bytes() -> int | None:
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -90,6 +75,41 @@ class _Entry:
         c0 = time.process_time()
         self.samples.append(float(self.session.time_runs(self.feeds, 1)[0]))
         self.cpu_samples.append(time.process_time() - c0)
+
+
+UNTIL_DECIDED_BUDGET_S = 300.0
+CHECK_EVERY = 20  # rounds between looks at the paired verdict
+
+
+class _Stop:
+    """The sequential stop of ``bench --until-decided``: look at the paired verdict every CHECK_EVERY rounds.
+
+    The look uses Wald's boundaries (fine_deploy.bench.decide), which keep their error rates (approximately)
+    under repeated looks; the same rule in ``report`` on the two models of the written file gives the same verdict.
+    """
+
+    def __init__(self, threshold: float, budget_s: float, min_rounds: int) -> None:
+        self.threshold, self.budget_s, self.min_rounds = threshold, budget_s, min_rounds
+        self.verdict, self.rounds, self.seconds, self.looks = "inconclusive", 0, 0.0, 0
+
+    def done(self, entries: list[_Entry], rounds: int, elapsed: float) -> bool:
+        if rounds < self.min_rounds or rounds % CHECK_EVERY and elapsed < self.budget_s:
+            return False
+        from fine_deploy.bench.decide import decide, robust_location
+
+        base, cur = entries
+        cpu = base.session.backend == "onnxruntime-cpu"
+        b = np.asarray(base.cpu_samples if cpu else base.samples)
+        c = np.asarray(cur.cpu_samples if cpu else cur.samples)
+        x, se = robust_location(np.log(c / b))
+        self.verdict, self.rounds, self.seconds = decide(x, se, self.threshold), rounds, elapsed
+        self.looks += 1
+        return self.verdict != "inconclusive" or elapsed >= self.budget_s
+
+    def record(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "verdict": self.verdict, "rounds": self.rounds,
+                "seconds": round(self.seconds, 3), "looks": self.looks, "budget_s": self.budget_s,
+                "check_every": CHECK_EVERY}
 
 
 def _progress(enabled: bool) -> Any:
@@ -123,12 +143,22 @@ def bench(
     labels: Sequence[str] | None = None,
     progress: bool = True,
     show: bool = True,
+    spinup_s: float = SPINUP_S,
+    measure_mem: bool = True,
+    until_decided: bool = False,
+    threshold: float | str = 0.05,
 ) -> BenchResult:
     """Benchmark every artifact in ``paths`` in one process and write ``json_path`` (bench.json).
 
     Each model is loaded and warmed up, then timed ``runs`` times (or for ``time_budget_s``
     seconds, at least 5 rounds) in ``order``; the calibration GEMM is timed in every round.
     Inputs come from the artifact's declared shapes, ``shapes`` overriding by input name.
+    Timing starts after ``spinup_s`` busy seconds (a cold core reads slower); memory is measured
+    per artifact in a fresh process (``fine_deploy.bench.memory``), so the order does not matter.
+
+    ``until_decided`` (two artifacts: baseline, current): rounds go on, interleaved, until the paired
+    verdict at ``threshold`` (fine_deploy.bench.decide) is regressed, improved or unchanged, or the time
+    budget (``time_budget_s``, default 300 s) runs out; ``runs`` is then the minimum.
     """
     if not paths:
         raise FineDeployError("no artifact given; pass one or more export directories or model files")
@@ -138,6 +168,17 @@ def bench(
         raise FineDeployError("--runs, --steps, --batch and --threads must be positive and --warmup >= 0")
     if time_budget_s is not None and time_budget_s <= 0:
         raise FineDeployError("--time-budget must be a positive number of seconds")
+    if spinup_s < 0:
+        raise FineDeployError("--spin-up must be a number of seconds >= 0")
+    stop = None
+    if until_decided:
+        if len(paths) != 2 or order != "interleaved":
+            raise FineDeployError(
+                "--until-decided compares two artifacts, baseline then current, interleaved; give exactly two"
+            )
+        from fine_deploy.bench.report import parse_threshold
+
+        stop = _Stop(parse_threshold(threshold), time_budget_s or UNTIL_DECIDED_BUDGET_S, max(runs, CHECK_EVERY))
     from fine_deploy.validate import output_file
 
     output_file(json_path, "--json", "bench.json")  # refused before measuring, not after
@@ -151,9 +192,20 @@ def bench(
     unused = set(overrides)
     options = SessionOptions(threads=threads, spinning=spinning)
 
+    # Memory first, each artifact in a fresh process of its own (fine_deploy.bench.memory): ΔRSS must not
+    # depend on which artifact was loaded before.
+    from fine_deploy.bench.memory import ISOLATION, measure_memory
+
+    memories, memory_errors = [], []
+    for path in resolved:
+        memory, error = measure_memory(path, options, backend, overrides, batch, warmup) if measure_mem else (
+            {"rss_increase_bytes": None, "peak_rss_increase_bytes": None, "device_peak_bytes": None}, None)
+        memories.append(memory)
+        if error is not None:  # said after timing: a model that fails here fails below with the clear error
+            memory_errors.append(f"fine-deploy: warning: memory of {path} not measured ({error})")
+
     entries: list[_Entry] = []
-    for name, path in zip(names, resolved, strict=True):
-        rss0, peak0 = _rss_bytes(), _peak_rss_bytes()
+    for name, path, memory in zip(names, resolved, memories, strict=True):
         session = open_session(path, options, backend, shapes=overrides or None)
         mine = {k: v for k, v in overrides.items() if k in {s.name for s in session.inputs}}
         unused -= set(mine)
@@ -170,12 +222,8 @@ def bench(
             ) from None
         for _ in range(max(warmup, 1) - 1):
             session.run(feeds)
-        rss1, peak1 = _rss_bytes(), _peak_rss_bytes()
-        memory = {
-            "rss_increase_bytes": (rss1 - rss0) if rss0 is not None and rss1 is not None else None,
-            "peak_rss_increase_bytes": (peak1 - peak0) if peak0 is not None and peak1 is not None else None,
-            "device_peak_bytes": session.peak_device_memory() if hasattr(session, "peak_device_memory") else None,
-        }
+        if memory.get("device_peak_bytes") is None and hasattr(session, "peak_device_memory"):
+            memory = {**memory, "device_peak_bytes": session.peak_device_memory()}
         entries.append(_Entry(name, path, session, feeds, memory))
     if unused:
         raise FineDeployError(f"--shape names input(s) {', '.join(sorted(unused))} that no benchmarked model has")
@@ -187,8 +235,18 @@ def bench(
         for _ in range(max(warmup, 1)):
             cal.time_once()
     cal_samples: list[float] = []
+    cal_cpu: list[float] = []
 
-    max_rounds = runs if time_budget_s is None else 1_000_000
+    def time_calibration() -> None:
+        wall, cpu = cal.time_once()
+        cal_samples.append(wall)
+        cal_cpu.append(cpu)
+
+    from fine_deploy.cost.timing import spin_up
+
+    spin_up(spinup_s)
+
+    max_rounds = runs if time_budget_s is None and stop is None else 1_000_000
     start = time.perf_counter()
     with _progress(progress) as bar:
         total = max_rounds if time_budget_s is None else None
@@ -200,10 +258,13 @@ def bench(
                 for e in seq:
                     e.time_once()
                 if cal is not None:
-                    cal_samples.append(cal.time_once())
+                    time_calibration()
                 r += 1
                 bar.advance(task)
-                if time_budget_s is not None and r >= 5 and time.perf_counter() - start >= time_budget_s:
+                if stop is not None:
+                    if stop.done(entries, r, time.perf_counter() - start):
+                        break
+                elif time_budget_s is not None and r >= 5 and time.perf_counter() - start >= time_budget_s:
                     break
         else:
             per_model = None if time_budget_s is None else time_budget_s / len(entries)
@@ -212,7 +273,7 @@ def bench(
                 while len(e.samples) < max_rounds:
                     e.time_once()
                     if cal is not None:
-                        cal_samples.append(cal.time_once())
+                        time_calibration()
                     if per_model is not None and len(e.samples) >= 5 and time.perf_counter() - t0 >= per_model:
                         break
                 bar.advance(task, len(e.samples) / len(entries))
@@ -249,6 +310,7 @@ def bench(
             samples_s=cal_samples,
             median_s=float(np.median(cal_samples)),
             session=cal.describe(),
+            cpu_samples_s=cal_cpu,
         )
     result = BenchResult(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -267,12 +329,18 @@ def bench(
             estimator=ESTIMATOR,
             timer=TIMER,
             time_budget_s=time_budget_s,
+            spinup_s=spinup_s,
+            until_decided=stop.record() if stop is not None else None,
+            memory_isolation=ISOLATION if measure_mem else None,
+            cross_run_metric=cross_run_metric(entries[0].session.backend, threads),
         ),
         calibration=calibration,
         models=models,
     )
     if show:
         print_bench(result)
+        for line in memory_errors:
+            print(line, file=sys.stderr)
     if json_path is not None:
         try:
             atomic_write_json(json_path, result.to_dict())

@@ -27,6 +27,12 @@ class BenchSettings:
     estimator: str
     timer: str
     time_budget_s: float | None = None
+    # Busy seconds before timing: a core that idled reads up to 1.4x slower until it has been busy.
+    spinup_s: float = 0.0
+    memory_isolation: str | None = None  # how ΔRSS was measured (fine_deploy.bench.memory.ISOLATION)
+    # What makes separate runs comparable on this platform (fine_deploy.bench.platform_metric).
+    cross_run_metric: dict[str, Any] | None = None
+    until_decided: dict[str, Any] | None = None  # the sequential stop of `bench --until-decided`
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Calibration:
     samples_s: list[float]
     median_s: float
     session: dict[str, Any]
+    cpu_samples_s: list[float] | None = None  # process CPU seconds, same rounds as the models'
 
 
 @dataclass
@@ -99,7 +106,8 @@ class BenchResult:
         require(is_type(settings.runs, int) and is_type(settings.steps, int) and is_type(settings.batch, int),
                 source, "settings.runs, steps and batch must be integers", fix)
         if calibration is not None:
-            require(list_of(calibration.samples_s, Number) and is_type(calibration.median_s, Number), source,
+            require(list_of(calibration.samples_s, Number) and is_type(calibration.median_s, Number)
+                    and (calibration.cpu_samples_s is None or list_of(calibration.cpu_samples_s, Number)), source,
                     "calibration samples must be numbers", fix)
         for m in models:
             require(isinstance(m.name, str), source, "every model needs a name", fix)

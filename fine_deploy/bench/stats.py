@@ -56,6 +56,8 @@ class Comparison:
     reason: str
     method: str = "unpaired"
     normalized: bool = False
+    # how the verdict was reached: metric, normaliser, noise model, decision band, runs (report.py)
+    decided_by: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # JSON has no NaN: undefined statistics (too few samples) become null.
