@@ -225,8 +225,8 @@ def test_end_to_end_calibration_applies_its_line(dit_supernet, tmp_path):
 
     h = load_supernet(dit_supernet).content_hash
     raw, cal = tmp_path / "raw.json", tmp_path / "cal.json"
-    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5).save(raw)
-    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5,
+    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5, complete=True).save(raw)
+    Lut(DEVICE, "tensorrt", {}, {}, {}, {}, 2e-5, complete=True,
         calibration={"end_to_end": {h[:16]: {"scale": 2.0, "fixed_s": 1e-4}}}).save(cal)
     a = plan(DEVICE, "3GB", supernet=dit_supernet, lut=raw, output=tmp_path / "a.json", show=False)
     b = plan(DEVICE, "3GB", supernet=dit_supernet, lut=cal, output=tmp_path / "b.json", show=False)

@@ -168,3 +168,18 @@ def test_the_default_supernet_is_profiled_at_the_ranks_the_planner_prices():
         # exactly the type's options a factored form can take: the default's ladder tops at 96 > 64
         assert ranks[s.key()] == sorted(r for r in options if r <= s.max_rank()), s.key()
     assert max(max(r) for r in ranks.values()) <= 64
+
+
+def test_plan_refuses_an_interrupted_profile(profiles, tmp_path):
+    """An interrupted `profile` leaves its LUT marked incomplete: `plan` says to re-run profile (exit 2)."""
+    from test_cli_validation import refused
+
+    out = tmp_path / "in" / "lut.json"
+    profile("host", out, shapes=[SMALL], ranks={SMALL.key(): [8]}, protocol=FAST, calibration_subnets=0,
+            memory_subnets=0, profiles=profiles, show_progress=False)
+    data = json.loads(out.read_text())
+    data["complete"] = False
+    out.write_text(json.dumps(data))
+    line = refused(["plan", "--device", "host", "--mem", "1GB", "--lut", str(out), "-o", str(tmp_path / "p.json")],
+                   tmp_path, match="incomplete")
+    assert "fine-deploy profile --device host" in line

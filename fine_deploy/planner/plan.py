@@ -152,19 +152,24 @@ def quality_record(sn, sens: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_device(device: str, lut: str | Path | None, profiles: str | Path | None):
-    from fine_deploy.cost.lut import load_lut, lut_path
+    from fine_deploy.cost.lut import load_lut_checked, lut_path
     from fine_deploy.cost.profiles import load_profile
 
     prof = load_profile(device, profiles)
     lut_file = Path(lut) if lut is not None else lut_path(prof.name, prof.runtime)
     table = None
     if lut is not None or lut_file.is_file():
-        table = load_lut(lut_file)
+        # one measured here with another runtime version is refused inside; one an interrupted profile left
+        # behind prices only the layers it reached, so it is refused too
+        table, _ = load_lut_checked(lut_file)
         if table.device != prof.name:
             raise FineDeployError(
                 f"LUT {lut_file} was measured for {table.device}, not {prof.name}; pass that device's LUT "
                 f"or run `fine-deploy profile --device {prof.name}`"
             )
+        if not table.complete:
+            raise FineDeployError(f"LUT {lut_file} is incomplete (its `profile` run was interrupted); re-run "
+                                  f"`fine-deploy profile --device {prof.name}` to finish it (it resumes)")
     record = {
         "device": device,
         "resolved": prof.name,
