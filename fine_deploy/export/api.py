@@ -288,22 +288,23 @@ def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], re
 
 def _sampling(tmp: Path, sn: Supernet, manifest: Manifest) -> None:
     """The training noise schedule travels with every artifact, in diffusers' scheduler/ layout."""
-    from fine_deploy.supernet.schedule import SCHEDULER_DIR, SCHEDULER_FILE, training_schedule, write_scheduler
+    from fine_deploy.supernet.schedule import (
+        SCHEDULER_DIR,
+        SCHEDULER_FILE,
+        default_guidance,
+        training_schedule,
+        write_scheduler,
+    )
 
     schedule = training_schedule(sn)
     if not (tmp / SCHEDULER_DIR / SCHEDULER_FILE).exists():  # a diffusers pipeline folder already has it
         write_scheduler(tmp, schedule)
     n_cls = sn.adapter.num_classes(sn.spec.config)
-    recipe = sn.spec.provenance.get("recipe") if isinstance(sn.spec.provenance.get("recipe"), dict) else {}
-    guidance = float((recipe.get("metric") or {}).get("guidance_scale", 1.0)) if n_cls else 1.0
-    source = schedule.source
-    if sn.components:  # the pipeline's own scheduler was copied into scheduler/
-        from fine_deploy.pipelines import pipeline_for
-
-        guidance, source = pipeline_for(sn.spec.pipeline["class"]).guidance, "the converted pipeline's scheduler"
+    # a pipeline's own scheduler was copied into scheduler/
+    source = "the converted pipeline's scheduler" if sn.components else schedule.source
     manifest.sampling = {"scheduler": f"{SCHEDULER_DIR}/{SCHEDULER_FILE}", "scheduler_source": source,
                          "prediction_type": schedule.config.get("prediction_type", "epsilon"),
-                         "guidance_scale": guidance, "num_classes": n_cls, "null_class": n_cls}
+                         "guidance_scale": default_guidance(sn), "num_classes": n_cls, "null_class": n_cls}
 
 
 def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, torch.Tensor], ref: np.ndarray,

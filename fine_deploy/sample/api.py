@@ -23,7 +23,13 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
 from fine_deploy.sample.denoisers import Denoiser, ModelInfo, SessionDenoiser, TorchDenoiser
 from fine_deploy.sample.loop import denoise
-from fine_deploy.supernet.schedule import Schedule, make_scheduler, read_scheduler, training_schedule
+from fine_deploy.supernet.schedule import (
+    Schedule,
+    default_guidance,
+    make_scheduler,
+    read_scheduler,
+    training_schedule,
+)
 
 SCHEMA = 1
 FORMAT = "fine-deploy-sample"
@@ -50,19 +56,6 @@ class SampleResult:
     record: dict[str, Any]  # what sample.json holds
 
 
-def _recipe_guidance(sn: Any) -> float:
-    recipe = (sn.spec.provenance or {}).get("recipe") or {}
-    return float(((recipe.get("metric") or {}) if isinstance(recipe, dict) else {}).get("guidance_scale", 1.0))
-
-
-def _default_guidance(sn: Any, info: ModelInfo) -> float:
-    if sn.components:
-        from fine_deploy.pipelines import pipeline_for
-
-        return pipeline_for(sn.spec.pipeline["class"]).guidance
-    return _recipe_guidance(sn) if info.class_conditional else 1.0
-
-
 def _parts(sn: Any) -> Any:
     from fine_deploy.sample.pipeline import parts_of_supernet
 
@@ -76,7 +69,7 @@ def _supernet_source(path: str | Path | None) -> Source:
     info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, tokens=sn.text_tokens)
     where = "default" if path is None or str(path) == "default" else str(path)
     return Source("supernet", TorchDenoiser(sn.subnet(sn.full_config()), info, f"full supernet {where}"),
-                  training_schedule(sn), _default_guidance(sn, info), lambda: _root_supernet(sn, where),
+                  training_schedule(sn), default_guidance(sn), lambda: _root_supernet(sn, where),
                   {"supernet": {"path": where, "sha256": sn.content_hash}, "subnet": sn.full_config().to_json()},
                   _parts(sn))
 
@@ -92,7 +85,7 @@ def _plan_source(path: Path, supernet: str | Path | None) -> Source:
     info = ModelInfo.from_config(sn.spec.backbone, sn.spec.config, res, sn.text_tokens)
     where = str(supernet or plan.supernet.get("path", "default"))
     return Source("plan", TorchDenoiser(sn.subnet(config), info, f"plan {path}"), training_schedule(sn),
-                  _default_guidance(sn, info), lambda: _root_supernet(sn, where),
+                  default_guidance(sn), lambda: _root_supernet(sn, where),
                   {"plan": str(path), "supernet": {"path": where, "sha256": sn.content_hash},
                    "subnet": config.to_json()}, _parts(sn))
 

@@ -118,3 +118,18 @@ def make_scheduler(config: dict[str, Any], sampler: str) -> Any:
         return FlowMatchEulerDiscreteScheduler.from_config(_clean(config))
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     return cls.from_config(_clean(config))
+
+
+def default_guidance(sn: Any) -> float:
+    """The classifier-free guidance scale a model samples with by default: a converted pipeline's stock default,
+    a class-conditional supernet's recipe value (its metric's `guidance_scale`), otherwise 1 (none). The one rule
+    `export` records in the manifest and `sample` uses for supernets and plans."""
+    if sn.components:
+        from fine_deploy.pipelines import pipeline_for
+
+        return pipeline_for(sn.spec.pipeline["class"]).guidance
+    if not sn.adapter.num_classes(sn.spec.config):
+        return 1.0
+    recipe = (sn.spec.provenance or {}).get("recipe")
+    metric = (recipe.get("metric") or {}) if isinstance(recipe, dict) else {}
+    return float(metric.get("guidance_scale", 1.0))
