@@ -332,12 +332,8 @@ def _diffusers(tmp: Path, sn: Supernet, config: SubnetConfig, inputs: dict[str, 
     p = par.compare(out, ref, runtime="diffusers.from_pretrained", reference="torch", tolerance=tol, inputs=meta)
     manifest.parity.append(p.to_json())
     par.require(p, "diffusers folder")
-    if sn.components:
-        from fine_deploy.export.components import check_diffusers_pipeline
-
-        checked = check_diffusers_pipeline(tmp)
-    else:
-        checked = pf.check_pipeline(tmp) if pf.has_pipeline(tmp) else None
+    prompt = "a photo of a cat" if sn.components else None  # a text-to-image pipeline needs a prompt
+    checked = pf.check_pipeline(tmp, prompt=prompt) if pf.has_pipeline(tmp) else None
     manifest.checks["diffusers"] = {"config": {k: v for k, v in dict(loaded.config).items() if not k.startswith("_")},
                                     "from_pretrained": "ok", "pipeline": checked}
     if not pf.has_pipeline(tmp):

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 
 from fine_deploy.components import Carried, Component, component_for
-from fine_deploy.errors import FineDeployError
 from fine_deploy.export import parity as par
+from fine_deploy.export.pipeline_folder import MODEL_INDEX
 from fine_deploy.fileio import atomic_write_json
 
-MODEL_INDEX = "model_index.json"
 COMPONENT_FP32_REL_TOL = 1e-4
 
 
@@ -193,43 +192,3 @@ def write_diffusers(tmp: Path, sn: Any, denoiser: torch.nn.Module, manifest: Any
         shutil.copytree(sn.component_dir(name), tmp / name)
         manifest.components[name] = {"role": rec["role"], "files": f"{name}/"}
     write_index(tmp, sn, onnx_layout=False)
-
-
-def check_diffusers_pipeline(tmp: Path, prompt: str = "a photo of a cat", steps: int = 2) -> dict[str, Any]:
-    """Load the folder with stock `DiffusionPipeline.from_pretrained` (no remote code) and generate one image."""
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlog
-
-    was_on = dlog.is_progress_bar_enabled()
-    dlog.disable_progress_bar()
-    try:
-        pipe = DiffusionPipeline.from_pretrained(str(tmp), **null_components(tmp))
-        pipe.set_progress_bar_config(disable=True)
-        img = pipe(prompt, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
-                   output_type="np").images
-    except Exception as e:  # diffusers raises many types; any of them means the folder is unusable
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise FineDeployError(f"the exported pipeline folder does not load in diffusers ({type(e).__name__}: "
-                              f"{first}); nothing was written — report a bug") from None
-    finally:
-        if was_on:
-            dlog.enable_progress_bar()
-    img = np.asarray(img)
-    if not np.isfinite(img).all():
-        raise FineDeployError("the exported pipeline samples NaN/inf; nothing was written — re-export without --fp16")
-    return {"class": type(pipe).__name__, "loader": "diffusers.DiffusionPipeline.from_pretrained",
-            "trust_remote_code": False, "null_components": sorted(null_components(tmp)), "prompt": prompt,
-            "steps": steps, "image_shape": list(img.shape)}
-
-
-def null_components(folder: Path) -> dict[str, None]:
-    """Components the folder leaves null that its stock class does not list as optional (SD3 without T5):
-    diffusers loads them only when passed as None, as its docs show (`text_encoder_3=None, tokenizer_3=None`)."""
-    import diffusers
-
-    from fine_deploy.fileio import read_json
-
-    index = read_json(folder / MODEL_INDEX, missing="re-export", invalid="re-export")
-    cls = getattr(diffusers, index["_class_name"])
-    optional = set(getattr(cls, "_optional_components", []))
-    return {k: None for k, v in index.items() if not k.startswith("_") and v == [None, None] and k not in optional}

@@ -20,9 +20,9 @@ from torch import nn
 from fine_deploy.backbones import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_bytes, atomic_write_json
+from fine_deploy.pipelines.folder import MODEL_INDEX
 from fine_deploy.supernet.schedule import Schedule, write_scheduler
 
-MODEL_INDEX = "model_index.json"
 PIPELINE_FILE = "pipeline.py"
 
 
@@ -66,7 +66,8 @@ def load_pipeline(folder: str | Path) -> Any:
     was_on = dlog.is_progress_bar_enabled()
     dlog.disable_progress_bar()  # the component-loading bar would break the export's own progress line
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=needs_remote_code(folder))
+        pipe = DiffusionPipeline.from_pretrained(str(folder), trust_remote_code=needs_remote_code(folder),
+                                                 **null_components(folder))
     finally:
         if was_on:
             dlog.enable_progress_bar()
@@ -74,13 +75,29 @@ def load_pipeline(folder: str | Path) -> Any:
     return pipe
 
 
-def check_pipeline(folder: Path, steps: int = 2) -> dict[str, Any]:
-    """Load the folder with stock diffusers and sample one image in `steps` steps; raise if that fails."""
+def null_components(folder: str | Path) -> dict[str, None]:
+    """Components the folder leaves null that its stock class does not list as optional (SD3 without T5):
+    diffusers loads them only when passed as None, as its docs show (`text_encoder_3=None, tokenizer_3=None`)."""
+    import diffusers
+
+    from fine_deploy.fileio import read_json
+
+    index = read_json(Path(folder) / MODEL_INDEX, missing="re-export", invalid="re-export")
+    cls = getattr(diffusers, str(index.get("_class_name")), None)
+    optional = set(getattr(cls, "_optional_components", []))
+    return {k: None for k, v in index.items() if not k.startswith("_") and v == [None, None] and k not in optional}
+
+
+def check_pipeline(folder: Path, steps: int = 2, prompt: str | None = None) -> dict[str, Any]:
+    """Load the folder with stock diffusers and sample one image in `steps` steps (from `prompt` for a
+    text-to-image pipeline); raise if that fails."""
     import torch
 
     try:
         pipe = load_pipeline(folder)
-        img = pipe(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np").images
+        args = () if prompt is None else (prompt,)
+        img = pipe(*args, num_inference_steps=steps, generator=torch.Generator().manual_seed(0),
+                   output_type="np").images
     except Exception as e:  # diffusers raises many types; any of them means the folder is unusable
         first = str(e).splitlines()[0] if str(e) else ""
         raise FineDeployError(f"the exported pipeline folder does not load in diffusers ({type(e).__name__}: "
@@ -88,5 +105,8 @@ def check_pipeline(folder: Path, steps: int = 2) -> dict[str, Any]:
     img = np.asarray(img)
     if not np.isfinite(img).all():
         raise FineDeployError("the exported pipeline samples NaN/inf; nothing was written — re-export without --fp16")
-    return {"class": type(pipe).__name__, "loader": "diffusers.DiffusionPipeline.from_pretrained",
-            "trust_remote_code": needs_remote_code(folder), "steps": steps, "image_shape": list(img.shape)}
+    out = {"class": type(pipe).__name__, "loader": "diffusers.DiffusionPipeline.from_pretrained",
+           "trust_remote_code": needs_remote_code(folder), "steps": steps, "image_shape": list(img.shape)}
+    if prompt is not None:
+        out.update(prompt=prompt, null_components=sorted(null_components(folder)))
+    return out
