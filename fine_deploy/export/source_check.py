@@ -23,13 +23,8 @@ import torch
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.export import parity as par
-from fine_deploy.fileio import sha256_file
+from fine_deploy.supernet.convert import source_weights_sha256
 from fine_deploy.supernet.core import SubnetConfig, Supernet
-
-
-def _weights_sha(folder: Path) -> str | None:
-    weights = sorted(folder.glob("*.safetensors"))
-    return sha256_file(weights[0]) if weights else None
 
 
 def find_source(sn: Supernet, against: str | Path | None) -> tuple[Path | None, str | None]:
@@ -41,7 +36,7 @@ def find_source(sn: Supernet, against: str | Path | None) -> tuple[Path | None, 
         if not (path / "config.json").is_file():
             raise FineDeployError(f"--against {path}: no config.json; pass the diffusers model folder the supernet "
                                   "was converted from")
-        if want and _weights_sha(path) != want:
+        if want and source_weights_sha256(path) != want:
             raise FineDeployError(f"--against {path}: its weights are not the ones this supernet was converted from "
                                   f"(sha256 differs from {want[:12]}); pass the original folder")
         return path, None
@@ -53,7 +48,7 @@ def find_source(sn: Supernet, against: str | Path | None) -> tuple[Path | None, 
     path = Path(recorded)
     if not (path / "config.json").is_file():
         return None, f"source {path} is not there; pass --against SOURCE_DIR to compare with the source model"
-    if want and _weights_sha(path) != want:
+    if want and source_weights_sha256(path) != want:
         return None, f"source {path} changed since convert; pass --against SOURCE_DIR to compare"
     return path, None
 

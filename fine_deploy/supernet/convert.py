@@ -62,6 +62,13 @@ def load_diffusers_model(path: Path) -> nn.Module:
         raise FineDeployError(f"{path}: diffusers could not load the model ({first})") from None
 
 
+def source_weights_sha256(folder: Path) -> str | None:
+    """The hash a converted supernet records of its source model's weights (its first safetensors file), by
+    which export and recovery recognise the source folder later; None when it has none."""
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    return sha256_file(weights[0]) if weights else None
+
+
 def load_calibration(path: Path) -> torch.Tensor:
     """Calibration images [N, C, H, W] in [-1, 1] from .npy (no pickles) or .safetensors (first tensor)."""
     if path.suffix == ".npy":
@@ -170,11 +177,10 @@ def convert(
     folder = read_pipeline_folder(src) if is_pipeline_folder(src) else None
     model = load_diffusers_model(folder.denoiser if folder else src)
     x = load_calibration(Path(calib)) if calib is not None else None
-    weights = sorted((folder.denoiser if folder else src).glob("*.safetensors"))
     prov = {
         "source": "diffusers",
         "source_class": type(model).__name__,
-        "source_weights_sha256": sha256_file(weights[0]) if weights else None,
+        "source_weights_sha256": source_weights_sha256(folder.denoiser if folder else src),
         # where the source was: export compares a full plan against it when it is still there
         "source_path": str((folder.denoiser if folder else src).resolve()),
         "als_iters": als_iters,

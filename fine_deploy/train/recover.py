@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_directory, atomic_write_json, sha256_file
+from fine_deploy.fileio import atomic_directory, atomic_write_json
 from fine_deploy.supernet.core import SubnetConfig, Supernet
 from fine_deploy.train.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, TRAINER_SCHEMA, load_checkpoint
 from fine_deploy.train.data import ImageSet, load_images, split
@@ -82,15 +82,15 @@ def factor_config(sn_spec, size: float) -> SubnetConfig:
 
 def load_teacher(sn: Supernet, teacher: str | Path) -> nn.Module:
     """The dense source model; refused when its weights are not the ones the supernet was converted from."""
-    from fine_deploy.supernet.convert import load_diffusers_model
+    from fine_deploy.supernet.convert import load_diffusers_model, source_weights_sha256
 
     path = Path(teacher)
     want = sn.spec.provenance.get("source_weights_sha256")
     model = load_diffusers_model(path)
     if type(model).__name__ != sn.spec.backbone:
         raise FineDeployError(f"--teacher {path} is a {type(model).__name__}; the supernet is a {sn.spec.backbone}")
-    weights = sorted(path.glob("*.safetensors"))
-    if want and weights and sha256_file(weights[0]) != want:
+    got = source_weights_sha256(path)
+    if want and got is not None and got != want:
         raise FineDeployError(f"--teacher {path}: its weights are not the ones the supernet was converted from "
                               f"(sha256 differs from {want[:12]}); pass the original model folder")
     return model.float().eval()
