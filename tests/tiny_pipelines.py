@@ -68,20 +68,32 @@ def vae(**kw):
                          norm_num_groups=8, sample_size=16, **kw)
 
 
+def unet(cross_attention_dim: int, **kw):
+    """The SD-style UNet2DConditionModel (SDXL's adds its text_time conditions through `kw`)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=cross_attention_dim,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8, **kw)
+
+
+def ddim():
+    """SD's DDIM scheduler settings."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1)
+
+
 def sd_pipeline(out: Path, seed: int = 0) -> Path:
     """StableDiffusionPipeline: CLIPTextModel, UNet2DConditionModel, AutoencoderKL, DDIM."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     torch.manual_seed(seed)
     tok = write_tokenizer(out / "tokenizer")
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=24,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
-    StableDiffusionPipeline(vae=vae(), text_encoder=clip(len(tok), 24, 24), tokenizer=tok, unet=unet, scheduler=sched,
-                            safety_checker=None, feature_extractor=None,
+    StableDiffusionPipeline(vae=vae(), text_encoder=clip(len(tok), 24, 24), tokenizer=tok, unet=unet(24),
+                            scheduler=ddim(), safety_checker=None, feature_extractor=None,
                             requires_safety_checker=False).save_pretrained(str(out))
     return out
 
@@ -105,20 +117,14 @@ def sd3_pipeline(out: Path, seed: int = 0) -> Path:
 
 def sdxl_pipeline(out: Path, seed: int = 0) -> Path:
     """StableDiffusionXLPipeline: CLIPTextModel + CLIPTextModelWithProjection, a text_time UNet, DDIM."""
-    from diffusers import DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     torch.manual_seed(seed)
     tok = write_tokenizer(out / "tokenizer")
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8,
-                                addition_embed_type="text_time", addition_time_embed_dim=8,
-                                projection_class_embeddings_input_dim=6 * 8 + 8)
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
+    xl_unet = unet(32, addition_embed_type="text_time", addition_time_embed_dim=8,
+                   projection_class_embeddings_input_dim=6 * 8 + 8)
     StableDiffusionXLPipeline(vae=vae(), text_encoder=clip(len(tok), 16, 8), text_encoder_2=clip(len(tok), 16, 8, True),
-                              tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched).save_pretrained(str(out))
+                              tokenizer=tok, tokenizer_2=tok, unet=xl_unet, scheduler=ddim()).save_pretrained(str(out))
     return out
 
 

@@ -137,8 +137,14 @@ def export(
                                      dynamic_batch=dynamic_batch, fp16=fp16 and format == "onnx",
                                      threshold=external_data_threshold, name=name)
                 if pipeline:
-                    _onnx_components(tmp, sn, folded, manifest, meta, batch, res, opset=opset,
-                                     fp16=fp16 and format == "onnx", threshold=external_data_threshold)
+                    from fine_deploy.export.components import write_components
+
+                    write_components(tmp, sn, manifest, meta, format, batch=batch, resolution=res, opset=opset,
+                                     fp16=fp16 and format == "onnx", threshold=external_data_threshold,
+                                     target=deployment_target)
+                    # optimum's layout: the denoiser's config.json beside its graph
+                    atomic_write_json(tmp / sn.spec.pipeline["denoiser"] / "config.json",
+                                      {"_class_name": sn.spec.backbone, **dict(folded.model.config)})
                 step("onnx written and checked")
                 if format == "trt":
                     _trt(tmp, inputs, manifest, meta, ref, fp16=fp16, dynamic_batch=dynamic_batch)
@@ -150,13 +156,10 @@ def export(
                     name = f"{pipeline_for(sn.spec.pipeline['class']).coreml_denoiser}.mlpackage"
                 _coreml(tmp, folded, inputs, ref, manifest, meta, fp16=fp16, target=deployment_target, name=name)
                 if pipeline:
-                    from fine_deploy.export import components as ec
+                    from fine_deploy.export.components import write_components
 
-                    ec.write_coreml(tmp, ec.networks(sn, batch, res), manifest, meta, fp16=fp16,
-                                    target=deployment_target)
-                    ec.copy_carried(tmp, sn, manifest)
-                    ec.write_bpe_files(tmp, sn)
-                    ec.write_index(tmp, sn, onnx_layout=False)
+                    write_components(tmp, sn, manifest, meta, format, batch=batch, resolution=res, opset=opset,
+                                     fp16=fp16, threshold=external_data_threshold, target=deployment_target)
                 step("mlpackage written and checked")
             else:
                 _diffusers(tmp, sn, config, inputs, ref, manifest, meta, forms_asked, fp16=fp16)
@@ -202,19 +205,6 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
         manifest.parity.append(p2.to_json())
         par.require(p2, f"{name} at batch {meta['batch'] + 1}")
     return out
-
-
-def _onnx_components(tmp: Path, sn: Supernet, folded: FoldedSubnet, manifest: Manifest, meta: dict, batch: int,
-                     res: int, *, opset: int, fp16: bool, threshold: int) -> None:
-    """The pipeline's other networks beside the denoiser, its carried files, and optimum's model_index.json."""
-    from fine_deploy.export import components as ec
-
-    nets = ec.networks(sn, batch, res)
-    ec.write_onnx(tmp, nets, manifest, meta, opset=opset, fp16=fp16, threshold=threshold)
-    ec.copy_carried(tmp, sn, manifest)
-    ec.write_index(tmp, sn, onnx_layout=True)
-    atomic_write_json(tmp / sn.spec.pipeline["denoiser"] / "config.json",
-                      {"_class_name": sn.spec.backbone, **dict(folded.model.config)})
 
 
 def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,

@@ -83,6 +83,20 @@ def _feeds(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in inputs.items()}
 
 
+def write_components(tmp: Path, sn: Any, manifest: Any, meta: dict, fmt: str, *, batch: int, resolution: int,
+                     opset: int, fp16: bool, threshold: int, target: str) -> None:
+    """Everything of the pipeline beside the denoiser in an `fmt` export (onnx / trt: ONNX graphs in optimum's
+    layout; coreml: ml-stable-diffusion's packages and BPE files), its carried files and model_index.json."""
+    nets = networks(sn, batch, resolution)
+    if fmt == "coreml":
+        write_coreml(tmp, nets, manifest, meta, fp16=fp16, target=target)
+        write_bpe_files(tmp, sn)
+    else:
+        write_onnx(tmp, nets, manifest, meta, opset=opset, fp16=fp16, threshold=threshold)
+    copy_carried(tmp, sn, manifest)
+    write_index(tmp, sn, onnx_layout=fmt != "coreml")
+
+
 def write_onnx(tmp: Path, nets: list[Network], manifest: Any, meta: dict, *, opset: int, fp16: bool,
                threshold: int) -> None:
     from fine_deploy.export.onnx_export import export_onnx, run_onnx_outputs

@@ -129,15 +129,14 @@ def parts_from_export(directory: Path, manifest: Any, backend: str, threads: int
     from fine_deploy.fileio import read_json
 
     comps = manifest.components
+    index = read_json(directory / "model_index.json", missing="re-export", invalid="re-export")
     if manifest.format == "diffusers":
-        index = read_json(directory / "model_index.json", missing="re-export", invalid="re-export")
         recs = {k: {"class": v[1]} for k, v in index.items() if isinstance(v, list) and v[0]}
         return parts_from_folders(index["_class_name"], read_json(directory / manifest.model / "config.json",
                                   missing="re-export", invalid="re-export"), recs, lambda n: directory / n,
                                   _options(index))
     from fine_deploy.runtime import SessionOptions, open_session
 
-    index = read_json(directory / "model_index.json", missing="re-export", invalid="re-export")
     pipe = pipeline_for(index["_class_name"])
     opts = SessionOptions(threads=threads)
     encoders = {enc: _session_network(open_session(directory / comps[enc]["model"], opts, backend))
