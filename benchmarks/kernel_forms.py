@@ -27,11 +27,11 @@ import torch
 
 from fine_deploy.cost.graphs import LayerChoice
 from fine_deploy.cost.profiler import profile
-from fine_deploy.cost.timing import Protocol, measure_interleaved, run_timer
 from fine_deploy.cost.trace import layer_shapes
 from fine_deploy.export import export, uniform_kernels
 from fine_deploy.planner.schema import Plan
 from fine_deploy.runtime import SessionOptions, open_session
+from fine_deploy.runtime.timing import Protocol, measure_interleaved, run_timer
 from fine_deploy.supernet.convert import model_to_supernet
 from fine_deploy.supernet.core import SubnetConfig
 

@@ -54,8 +54,8 @@ def wall_times(repeats: int) -> dict:
 
 def host_lut(sn, path: Path) -> Path:
     from fine_deploy.cost.profiler import profile
-    from fine_deploy.cost.timing import Protocol
     from fine_deploy.planner.build import trace_shapes
+    from fine_deploy.runtime.timing import Protocol
 
     shapes = list(trace_shapes(sn, {}, 1, None).values())
     ranks: dict[str, list[int]] = {}
@@ -75,8 +75,8 @@ def true_loss(sn, config: dict, inputs: dict, y_full: torch.Tensor) -> float:
 
 
 def time_dirs(dirs: list[Path]) -> list[float]:
-    from fine_deploy.cost.timing import Protocol, measure_interleaved, run_timer
     from fine_deploy.runtime import SessionOptions, open_session
+    from fine_deploy.runtime.timing import Protocol, measure_interleaved, run_timer
 
     proto = Protocol(rounds=8, runs_per_round=25)
     sessions = [open_session(d, SessionOptions(threads=1, spinning=False), "onnxruntime-cpu") for d in dirs]

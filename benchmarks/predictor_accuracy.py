@@ -36,8 +36,8 @@ from fine_deploy.cost.profiler import Timer, profile
 from fine_deploy.cost.rss import rss_increase
 from fine_deploy.cost.shapes import default_shapes, form_macs
 from fine_deploy.cost.subnets import random_chain
-from fine_deploy.cost.timing import Protocol
 from fine_deploy.fileio import atomic_write_json
+from fine_deploy.runtime.timing import Protocol
 
 
 def loadavg() -> float:

@@ -102,11 +102,15 @@ def profile_cmd(
     ),
     supernet: Path | None = SupernetOpt,
     fresh: bool = typer.Option(False, "--fresh", help="Measure everything again instead of resuming."),
+    calibrate_subnets: int = typer.Option(
+        24, "--calibrate-subnets", help="Whole subnets exported and timed to calibrate the plan's latency (0: none)."
+    ),
 ) -> None:
-    """Measure what every layer choice costs on this machine's runtime (a LUT for the planner)."""
-    from fine_deploy.cost.commands import profile_command
+    """Measure what every layer choice costs on this machine's runtime, then whole subnets of the supernet
+    (the default when --supernet is omitted): the LUT `plan` prices with."""
+    from fine_deploy.export.calibrate import profile_supernet
 
-    profile_command(device, output, runtime=runtime, supernet=supernet, resume=not fresh)
+    profile_supernet(device, output, runtime=runtime, supernet=supernet, resume=not fresh, points=calibrate_subnets)
 
 
 # --- bench and report ----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from fine_deploy.cost.lut import load_lut
 from fine_deploy.cost.predictor import predict_latency
 from fine_deploy.cost.profiler import profile
 from fine_deploy.cost.shapes import LayerShape
-from fine_deploy.cost.timing import Protocol
 from fine_deploy.errors import FineDeployError
+from fine_deploy.runtime.timing import Protocol
 
 REPO_PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 BIG = LayerShape("linear", 512, 512, 64, group="big")  # dense 16.8 MMAC vs rank 4: 0.26 MMAC

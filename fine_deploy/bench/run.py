@@ -30,7 +30,7 @@ TIMER = (
     "time.perf_counter around one Session.run (TensorRT: enqueue + synchronize), one sample per run; "
     "CPU backends also record time.process_time (cpu_samples_s)"
 )
-# A cold core read a 17 us graph 1.4x slower than one busy for 2 s (fine_deploy.cost.timing); loading the
+# A cold core read a 17 us graph 1.4x slower than one busy for 2 s (fine_deploy.runtime.timing); loading the
 # sessions keeps the core busy too, so 1 s on top is enough and keeps a short bench short.
 SPINUP_S = 1.0
 _SHAPE = re.compile(r"^([^=\s]+)=(\d+(?:x\d+)*)$")
@@ -49,6 +49,17 @@ def parse_shapes(specs: Sequence[str] | Mapping[str, Sequence[int]] | None) -> d
             raise FineDeployError(f"--shape {spec!r} is not NAME=DxDx...; write e.g. --shape sample=1x4x16x16")
         out[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
     return out
+
+
+def plan_prediction(path: Path) -> dict[str, Any] | None:
+    """The latency the plan behind an exported artifact promised (from its manifest), or None."""
+    manifest = resolve_artifact(path).manifest or {}
+    pr = (manifest.get("plan") or {}).get("predicted") or {}
+    if not isinstance(pr.get("latency_s"), (int, float)):
+        return None
+    proto = (pr.get("cost_model") or {}).get("latency_protocol") or {}
+    return {"latency_s": float(pr["latency_s"]), "calibrated": bool(proto.get("calibrated")),
+            "threads": proto.get("threads"), "protocol": proto.get("description")}
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -190,6 +201,10 @@ def bench(
     if len(names) != len(resolved) or len(set(names)) != len(names):
         raise FineDeployError("labels must be unique, one per artifact")
     unused = set(overrides)
+    predictions = [plan_prediction(p) for p in resolved]
+    planned = {p["threads"] for p in predictions if p is not None and p["threads"]}
+    if threads is None and len(planned) == 1 and all(predictions):
+        threads = planned.pop()  # measure what the plans promised, as they promised it
     options = SessionOptions(threads=threads, spinning=spinning)
 
     # Memory first, each artifact in a fresh process of its own (fine_deploy.bench.memory): ΔRSS must not
@@ -242,7 +257,7 @@ def bench(
         cal_samples.append(wall)
         cal_cpu.append(cpu)
 
-    from fine_deploy.cost.timing import spin_up
+    from fine_deploy.runtime.timing import spin_up
 
     spin_up(spinup_s)
 
@@ -279,8 +294,10 @@ def bench(
                 bar.advance(task, len(e.samples) / len(entries))
 
     models = []
-    for e in entries:
+    for e, pred in zip(entries, predictions, strict=True):
         st = summarize(e.samples)
+        if pred is not None:
+            pred = {**pred, "measured_over_predicted": st["median"] / pred["latency_s"]}
         models.append(
             ModelResult(
                 name=e.name,
@@ -297,6 +314,7 @@ def bench(
                 throughput_per_s=batch / st["median"],
                 per_image_s=st["median"] * steps / batch,
                 memory=e.memory,
+                predicted=pred,
             )
         )
         e.session.close()
@@ -402,6 +420,12 @@ def print_bench(result: BenchResult) -> None:
         )
     console = wide_console(width=160)
     console.print(table)
+    for m in result.models:
+        if m.predicted:
+            p = m.predicted
+            how = p["protocol"] if p["calibrated"] else "uncalibrated layer sum: run `fine-deploy profile --supernet`"
+            console.print(f"{m.name}: plan predicted {_ms(p['latency_s'])} ms ({how}); measured median "
+                          f"{_ms(m.stats['median'])} ms = {p['measured_over_predicted']:.2f}x")
 
 
 def _caption(result: BenchResult) -> str:

@@ -64,6 +64,9 @@ class ModelResult:
     memory: dict[str, int | None]
     # Process CPU seconds per run (CPU backends only): immune to other processes taking the cores.
     cpu_samples_s: list[float] | None = None
+    # the plan's promise for this artifact (its manifest's plan): latency_s, under which protocol, and
+    # measured median / predicted
+    predicted: dict[str, Any] | None = None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`fine-deploy profile`: measure what each layer choice costs on this machine's runtime.
 
 For every distinct layer shape x kernel form x rank, a one-layer ONNX graph is timed next to the
-empty graph of the same input, interleaved round by round (fine_deploy.cost.timing); the
+empty graph of the same input, interleaved round by round (fine_deploy.runtime.timing); the
 difference is what the layer adds to a run. Random whole chains of those layers, timed end to
 end, then refit every layer's cost as it is inside a model plus the fixed overhead (fit_in_model),
 and the roofline is fitted to the measurements so that shapes the LUT lacks are still estimated.
@@ -45,8 +45,8 @@ from fine_deploy.cost.shapes import (
     form_weight_elems,
 )
 from fine_deploy.cost.subnets import random_chain
-from fine_deploy.cost.timing import Protocol, Timing, measure_interleaved, run_timer
 from fine_deploy.errors import FineDeployError
+from fine_deploy.runtime.timing import Protocol, Timing, measure_interleaved, session_runner
 
 ONNX_BACKENDS = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 
@@ -105,14 +105,11 @@ class Timer:
                     d = sess.describe()
                     self.description = {k: d[k] for k in ("backend", "providers", "versions", "options")}
                 feeds = sess.make_feeds()
-                if self.protocol.clock == "wall":
-                    runners.append(lambda n, s=sess, f=feeds: s.time_runs(f, n))
-                else:
-                    runners.append(run_timer(lambda s=sess, f=feeds: s.run(f), self.protocol.clock))
+                runners.append(session_runner(sess, feeds, self.protocol.clock))
             yield runners
 
     def time(self, models: list[onnx.ModelProto], seed: int = 0) -> list[Timing]:
-        """Time `models` interleaved round by round (fine_deploy.cost.timing)."""
+        """Time `models` interleaved round by round (fine_deploy.runtime.timing)."""
         with self.sessions(models) as runners:
             return measure_interleaved(runners, self.protocol, seed=seed)
 

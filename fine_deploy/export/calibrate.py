@@ -1,15 +1,17 @@
-"""End-to-end calibration of the planner's latency model for one supernet on this machine.
+"""End-to-end calibration of the planner's latency for one supernet on this machine (`profile --supernet`).
 
-It exports and times whole subnets, so it lives above both the planner and the exporter; the planner reads
-the fitted line back with `fine_deploy.planner.costs.calibration_for`.
+The LUT prices the factorised layers under the profiler's protocol (minimum of thread CPU time); the rest
+of a model (attention core, norms, embeddings, the runtime's graph overhead) is a roofline guess, and a
+user times a whole model by its median wall time. On ONNX Runtime CPU whole default subnets measured about
+twice the layer sum. So subnets spread over the latency range — the plans `plan` would make at budgets
+from the fastest to the full model, and random ones — are exported, timed under runtime.timing.PREDICTION,
+and `measured = scale x predicted + fixed_s` is fitted by least relative squares; the planner then prices
+every option on that line (fine_deploy.planner.build). The fit is stored in the LUT's free-form
+`calibration` under `end_to_end.<supernet hash prefix>`, so the plan's LUT hash covers it. A margin (a high
+quantile of the under-predictions left after the fit) makes the fit a near-upper bound of what was
+measured: the budget is a promise.
 
-The LUT prices the factorised layers; the rest of a model (attention core, norms, embeddings,
-the runtime's graph overhead) is a roofline guess, and on ONNX Runtime CPU the whole model measured
-~2x the sum (benchmarks/planner.py). So a few plans spread over the latency range are exported,
-timed end to end, and `measured = scale x predicted + fixed_s` is fitted; the planner then prices
-every option with that line. The fit is stored in the LUT's free-form `calibration` under
-`end_to_end.<supernet hash prefix>`, so the plan's LUT hash covers it. A margin (the largest
-under-prediction left after the fit) makes the line an upper bound on what was measured.
+It exports and times whole subnets, so it lives above both the planner and the exporter.
 """
 
 from __future__ import annotations
@@ -22,71 +24,149 @@ import numpy as np
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.planner.costs import END_TO_END as KEY
+from fine_deploy.runtime.timing import PREDICTION, Protocol
+from fine_deploy.runtime.timing import describe as describe_protocol
+
+MARGIN_QUANTILE = 0.9  # the under-prediction the line is raised by: of the calibration subnets, this share is covered
 
 
-def time_artifacts(dirs: list[Path], rounds: int = 8, runs: int = 25) -> list[float]:
-    """Seconds per run of exported ONNX artifacts: 1 thread, thread CPU clock, interleaved, minimum."""
-    from fine_deploy.cost.timing import Protocol, measure_interleaved, run_timer
+def time_artifacts(dirs: list[Path], protocol: Protocol = PREDICTION, backend: str = "onnxruntime-cpu",
+                   seed: int = 0) -> list[float]:
+    """Seconds per run of exported artifacts under `protocol`, all interleaved round by round."""
     from fine_deploy.runtime import SessionOptions, open_session
+    from fine_deploy.runtime.timing import measure_interleaved, session_runner
 
-    proto = Protocol(rounds=rounds, runs_per_round=runs)
-    sessions = [open_session(d, SessionOptions(threads=1, spinning=False), "onnxruntime-cpu") for d in dirs]
+    opts = SessionOptions(threads=protocol.threads, spinning=protocol.spinning)
+    sessions = [open_session(d, opts, backend) for d in dirs]
     try:
-        runners = [run_timer(lambda s=s, f=s.make_feeds(seed=0): s.run(f), proto.clock) for s in sessions]
-        return [t.seconds for t in measure_interleaved(runners, proto, seed=0)]
+        runners = [session_runner(s, s.make_feeds(seed=0), protocol.clock) for s in sessions]
+        return [t.seconds for t in measure_interleaved(runners, protocol, seed=seed)]
     finally:
         for s in sessions:
             s.close()
 
 
-def calibrate(supernet: str | Path | None, lut: str | Path, *, device: str = "host", points: int = 6,
-              profiles: str | Path | None = None) -> dict[str, Any]:
-    """Export `points` plans across the latency range, time them, fit and store the end-to-end line."""
-    from fine_deploy.cost.lut import load_lut
-    from fine_deploy.export import export
-    from fine_deploy.planner.build import build_space
-    from fine_deploy.planner.costs import CostModel
+def calibration_subnets(pred, points: int, seed: int = 0) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """What to time: the fastest and the full subnet, the plans at budgets evenly between them, random subnets."""
     from fine_deploy.planner.milp import Limits, solve
-    from fine_deploy.planner.plan import DTYPE, load_device
-    from fine_deploy.planner.schema import Plan
-    from fine_deploy.planner.sensitivity import sensitivity_table
-    from fine_deploy.planner.space import best_forms, evaluate
-    from fine_deploy.supernet.core import load_supernet
+    from fine_deploy.planner.predict import config_of
+    from fine_deploy.planner.space import best_forms
 
-    if points < 2:
-        raise FineDeployError(f"calibration needs at least 2 subnets, got {points}")
-    sn = load_supernet(supernet)
-    prof, table, _ = load_device(device, lut, profiles)
-    table.calibration.get(KEY, {}).pop(sn.content_hash[:16], None)  # fit against the raw model
-    space = build_space(sn, CostModel.build(prof, table, DTYPE), sensitivity_table(sn), batch=1)
+    space = pred.space
     fast = solve(space, "latency")
-    values = space.full_assignment()
-    full = evaluate(space, values, best_forms(space, values))
-    picks = [(fast.values, fast.forms, fast.evaluation.latency_s), (values, full.forms, full.latency_s)]
-    for b in np.linspace(fast.evaluation.latency_s, full.latency_s, points)[1:-1]:
+    full = space.full_assignment()
+    picks = [(config_of(space, fast.values), fast.forms), (config_of(space, full), best_forms(space, full))]
+    lo, hi = fast.evaluation.latency_s, pred.latency_s(picks[1][0])
+    n_plans = max(0, (points - 2 + 1) // 2)
+    for b in np.linspace(lo, hi, n_plans + 2)[1:-1]:
         s = solve(space, "loss", Limits(latency_s=float(b)))
         if s.ok:
-            picks.append((s.values, s.forms, s.evaluation.latency_s))
+            picks.append((config_of(space, s.values), s.forms))
+    picks += pred.random_subnets(max(0, points - len(picks)), seed=seed)
+    return picks
+
+
+def export_subnets(supernet: str | Path | None, content_hash: str, picks: list[tuple[dict, dict]], out: Path,
+                   progress: Any = None) -> list[Path]:
+    """Each (subnet, forms) exported to ONNX under `out`/s<i> as `fine-deploy export` does."""
+    from fine_deploy.export import export
+    from fine_deploy.planner.schema import Plan
+
     name = "default" if supernet is None else str(supernet)
-    with tempfile.TemporaryDirectory(prefix="fine-deploy-calibrate-") as tmp:
-        dirs = []
-        for i, (vals, forms, _) in enumerate(picks):
-            cfg = {"ranks": {k.target: vals[k.name] for k in space.knobs if k.kind == "rank"},
-                   "widths": {k.target: vals[k.name] for k in space.knobs if k.kind == "width"},
-                   "depth": vals.get("depth")}
-            p = Plan(supernet={"path": name, "sha256": sn.content_hash}, subnet=cfg, kernels=forms,
-                     inputs={"batch": 1})
-            export(p, "onnx", Path(tmp) / f"s{i}")
-            dirs.append(Path(tmp) / f"s{i}")
-        measured = np.array(time_artifacts(dirs))
-    pred = np.array([p[2] for p in picks])
-    scale, fixed = np.polyfit(pred, measured, 1)
-    fitted = scale * pred + fixed
-    margin = float(max(0.0, np.max(measured / fitted - 1.0)))
-    result = {"scale": float(scale * (1 + margin)), "fixed_s": float(fixed * (1 + margin)), "margin": margin,
-              "subnets": len(picks), "median_abs_rel_error": float(np.median(np.abs(measured / fitted - 1.0))),
-              "predicted_s": pred.tolist(), "measured_s": measured.tolist()}
+    dirs = []
+    for i, (cfg, forms) in enumerate(picks):
+        p = Plan(supernet={"path": name, "sha256": content_hash}, subnet=cfg, kernels=forms, inputs={"batch": 1})
+        export(p, "onnx", out / f"s{i}")
+        dirs.append(out / f"s{i}")
+        if progress is not None:
+            progress()
+    return dirs
+
+
+def fit_terms(terms: list[dict[str, float]], measured: np.ndarray) -> tuple[dict[str, float], float, np.ndarray]:
+    """(coefficients per TERMS, margin, fitted seconds): measured ≈ Σ coefficient x term by least relative
+    squares, coefficients >= 0; a term that does not vary across the subnets (no depth knob) is left out."""
+    from scipy.optimize import lsq_linear
+
+    from fine_deploy.planner.costs import TERMS
+
+    x = np.array([[t[k] for k in TERMS] for t in terms])
+    use = [i for i, k in enumerate(TERMS) if k == "fixed" or np.ptp(x[:, i]) > 0]
+    if len(measured) < len(use) + 1:
+        raise FineDeployError(f"end-to-end calibration needs more than {len(use)} subnets of different latency")
+    a = x[:, use] / measured[:, None]
+    sol = lsq_linear(a, np.ones_like(measured), bounds=(0.0, np.inf)).x
+    coef = dict.fromkeys(TERMS, 0.0)
+    coef.update({TERMS[i]: float(v) for i, v in zip(use, sol, strict=True)})
+    fitted = x[:, use] @ sol
+    margin = float(max(0.0, np.quantile(measured / fitted - 1.0, MARGIN_QUANTILE)))
+    return coef, margin, fitted
+
+
+def calibrate(supernet: str | Path | None, lut: str | Path, *, device: str = "host", points: int = 24,
+              profiles: str | Path | None = None, protocol: Protocol = PREDICTION, seed: int = 0,
+              show_progress: bool = True) -> dict[str, Any]:
+    """Export `points` subnets across the latency range, time them, fit and store the end-to-end line."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fine_deploy.cost.lut import load_lut
+    from fine_deploy.planner.predict import load_predictor
+    from fine_deploy.supernet.core import load_supernet
+
+    if points < 3:
+        raise FineDeployError(f"end-to-end calibration needs at least 3 subnets, got {points}")
+    sn = load_supernet(supernet)
+    pred = load_predictor(sn, device, lut, profiles=profiles, raw=True)
+    picks = calibration_subnets(pred, points, seed)
+    terms = [pred.terms(cfg, forms) for cfg, forms in picks]
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with (tempfile.TemporaryDirectory(prefix="fine-deploy-calibrate-") as tmp,
+          Progress(*columns, disable=not show_progress, transient=True) as bar):
+        task = bar.add_task("exporting whole subnets to calibrate", total=len(picks))
+        dirs = export_subnets(supernet, sn.content_hash, picks, Path(tmp), lambda: bar.advance(task))
+        bar.update(task, description="timing whole subnets")
+        measured = np.array(time_artifacts(dirs, protocol, seed=seed))
+    coef, margin, fitted = fit_terms(terms, measured)
+    result = {"coefficients": coef, "margin_applied": margin, "margin_quantile": MARGIN_QUANTILE,
+              "subnets": len(picks), "protocol": protocol.to_dict(),
+              "median_abs_rel_error": float(np.median(np.abs(measured / fitted - 1.0))),
+              "terms": terms, "measured_s": measured.tolist(),
+              "supernet": {"path": "default" if supernet is None else str(supernet), "sha256": sn.content_hash}}
     raw = load_lut(lut)
     raw.calibration.setdefault(KEY, {})[sn.content_hash[:16]] = result
     raw.save(lut)
     return result
+
+
+def _line(c: dict[str, float]) -> str:
+    return (f"{c['layers']:.2f} x layers + {c['around']:.2f} x ops around them + {c['blocks'] * 1e6:.1f} us x blocks "
+            f"+ {c['fixed'] * 1e6:.0f} us")
+
+
+def profile_supernet(device: str, output: Path | None = None, *, runtime: str | None = None,
+                     supernet: Path | None = None, resume: bool = True, points: int = 24) -> dict[str, Any] | None:
+    """`fine-deploy profile`: the LUT of the supernet's layer choices, then (ONNX Runtime CPU) its end-to-end line."""
+    from rich.console import Console
+
+    from fine_deploy.cost.commands import profile_command
+    from fine_deploy.cost.lut import lut_path
+
+    if points and points < 3:
+        raise FineDeployError(f"--calibrate-subnets {points}: give 0 (no end-to-end calibration) or at least 3")
+    lut = profile_command(device, output, runtime=runtime, supernet=supernet, resume=resume)
+    console = Console(stderr=True)
+    if not points:
+        return None
+    if lut.runtime != "onnxruntime-cpu":
+        console.print(f"end-to-end calibration times ONNX exports on ONNX Runtime CPU; {lut.runtime} plans are "
+                      "priced on the layer LUT alone")
+        return None
+    path = Path(output) if output is not None else lut_path(lut.device, lut.runtime)
+    cal = calibrate(supernet, path, device=lut.device, points=points)
+    console.print(
+        f"whole subnets of {'the default supernet' if supernet is None else supernet}: {cal['subnets']} exported and "
+        f"timed ({describe_protocol(PREDICTION)}); fit: {_line(cal['coefficients'])}, raised by "
+        f"{cal['margin_applied']:.1%}; median error of the fit "
+        f"{cal['median_abs_rel_error']:.1%}. `plan` prices this supernet with it"
+    )
+    return cal

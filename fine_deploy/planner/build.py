@@ -264,22 +264,16 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
                         bases[basis] = float(shared)
                     options.append(LayerOption(
                         combo, form, r, sec + extra, float(own), float(cost.activation_bytes(shape, form, r)),
-                        basis, src,
+                        basis, src, extra,
                     ))
             layers.append(LayerSpace(name, t.name, (f"rank.{t.name}", *(f"width.{k}" for k in wk)), options,
                                      blk if blk is not None and depth_opts else None))
     const_latency = cost.fixed_s
-    from fine_deploy.planner.costs import calibration_for
+    from fine_deploy.planner.costs import apply_calibration, calibration_for
 
     cal = calibration_for(cost.lut, sn.content_hash)
-    if cal:  # the end-to-end line measured for this supernet on this LUT's machine
-        scale = float(cal["scale"])
-        for la in layers:
-            for o in la.options:
-                o.latency_s *= scale
-        for k in knobs:
-            k.latency_s = [x * scale for x in k.latency_s]
-        const_latency = const_latency * scale + float(cal["fixed_s"])
+    if cal:  # the end-to-end fit measured for this supernet on this LUT's machine
+        const_latency = apply_calibration(cal, layers, knobs, const_latency)
     space = Space(
         knobs=knobs,
         layers=layers,

@@ -36,6 +36,42 @@ def calibration_for(lut, content_hash: str) -> dict[str, Any] | None:
     return (lut.calibration.get(END_TO_END) or {}).get(content_hash[:16])
 
 
+# the terms of a subnet's latency the end-to-end calibration weighs (fine_deploy.export.calibrate)
+TERMS = ("layers", "around", "blocks", "fixed")
+
+
+def calibration_coefficients(cal: dict[str, Any]) -> dict[str, float]:
+    """Per TERMS, the fitted coefficient with the margin applied (a record of one scale and a fixed part,
+    as written before the terms were split, scales layers and the ops around them alike)."""
+    coef = cal.get("coefficients") or {"layers": cal["scale"], "around": cal["scale"], "blocks": 0.0,
+                                       "fixed": cal["fixed_s"]}
+    k = 1.0 + float(cal.get("margin_applied", 0.0))
+    return {t: float(coef.get(t, 0.0)) * k for t in TERMS}
+
+
+def apply_calibration(cal: dict[str, Any], layers: list, knobs: list, const_latency_s: float) -> float:
+    """Reprice a space's options on the end-to-end fit; returns its new constant latency.
+
+    latency = a x Σ layer costs + b x Σ ops around them + c x blocks + d, so each option becomes
+    a x its layer cost + b x its surroundings, the depth knob's options carry c x depth, and d is the constant
+    (it replaces the empty-run and fixed overhead, which the fit measures whole).
+    """
+    c = calibration_coefficients(cal)
+    for la in layers:
+        for o in la.options:
+            own = o.latency_s - o.extra_s
+            o.extra_s *= c["around"]
+            o.latency_s = own * c["layers"] + o.extra_s
+    for k in knobs:
+        if k.kind == "depth":
+            k.latency_s = [x * c["layers"] + c["blocks"] * d for x, d in zip(k.latency_s, k.options, strict=True)]
+        else:
+            k.latency_s = [x * c["layers"] for x in k.latency_s]
+    if "coefficients" not in cal:
+        return const_latency_s * c["layers"] + c["fixed"]
+    return c["fixed"]
+
+
 @dataclass
 class CostModel:
     profile: DeviceProfile

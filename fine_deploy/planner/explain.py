@@ -129,7 +129,11 @@ def print_plan(plan, budget, elapsed_s: float) -> None:
     lat_b = f" / budget {format_seconds(budget.latency_asked_s)}" if budget.latency_asked_s is not None else ""
     cap = " (capped at the device's usable memory)" if budget.mem_capped else ""
     q = pr["quality"]
-    console.print(f"latency  {format_seconds(lat)} {per}{lat_b}")
+    proto = (pr.get("cost_model") or {}).get("latency_protocol") or {}
+    how = f" ({proto['description']})" if proto.get("calibrated") else ""
+    console.print(f"latency  {format_seconds(lat)} {per}{lat_b}{how}")
+    if proto.get("note"):
+        console.print(f"[yellow]note[/]     {proto['note']}")
     console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}")
     if pr.get("pipeline"):
         _print_pipeline(console, pr["pipeline"], pr["denoiser_memory_bytes"])

@@ -182,6 +182,32 @@ def load_device(device: str, lut: str | Path | None, profiles: str | Path | None
     return prof, table, record
 
 
+def latency_protocol(table, sn, device: str, supernet: str | Path | None) -> dict[str, Any]:
+    """What the plan's latency is a prediction of, and how sure: the statistic `bench` and a user's own
+    loop measure (runtime.timing.PREDICTION) where `profile --supernet` calibrated this supernet on this
+    LUT, else a layer sum that only orders subnets; `note` says what to run to get the calibrated figure."""
+    from fine_deploy.planner.costs import calibration_for
+    from fine_deploy.runtime.timing import PREDICTION, Protocol, describe
+
+    cal = calibration_for(table, sn.content_hash)
+    sn_opt = "" if supernet is None or str(supernet) == "default" else f" --supernet {supernet}"
+    if cal:
+        proto = Protocol.from_dict(cal.get("protocol") or PREDICTION.to_dict())
+        return {"calibrated": True, "protocol": proto.to_dict(), "description": describe(proto),
+                "threads": proto.threads, "fit_median_abs_rel_error": cal.get("median_abs_rel_error"),
+                "margin": cal.get("margin"), "note": None}
+    if table is None:
+        note = (f"no LUT measured for {device}: latency is the device profile's roofline, a rough guess; run "
+                f"`fine-deploy profile --device {device}{sn_opt}` on the device")
+    else:
+        note = (f"the LUT has no end-to-end calibration for this supernet: latency is the layer sum, which "
+                f"whole models exceed (about 2x on ONNX Runtime CPU); run `fine-deploy profile --device {device}"
+                f"{sn_opt}` to calibrate it")
+    proto = Protocol.from_dict(table.protocol) if table is not None else PREDICTION
+    return {"calibrated": False, "protocol": proto.to_dict(), "description": describe(proto),
+            "threads": proto.threads, "fit_median_abs_rel_error": None, "margin": None, "note": note}
+
+
 def _min_feasible(space: Space, budget: Budget) -> str:
     """The smallest budget that would work, each relaxed alone with the other limits kept."""
     lim = budget.limits()
@@ -317,6 +343,7 @@ def plan(
     if not sol.ok:
         raise FineDeployError(f"the MILP solver stopped with status {sol.status!r}; report this with the command line")
     cost_rec = {**cost.describe(), "end_to_end_calibration": space.notes["end_to_end_calibration"]}
+    cost_rec["latency_protocol"] = latency_protocol(table, sn, prof.name, supernet)
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
                   {"batch": batch, "resolution": res, "dtype": DTYPE}, cost_rec)
     if output is not None:

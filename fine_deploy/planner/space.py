@@ -49,6 +49,9 @@ class LayerOption:
     act_bytes: float  # its input + intermediate + output activations
     basis: str | None = None  # key of the shared basis it reads (shared_basis form)
     source: str = "roofline"
+    # of latency_s, the roofline-priced ops around the layer (attention core, elementwise): the end-to-end
+    # calibration weighs them apart from the layer's own measured cost
+    extra_s: float = 0.0
 
 
 @dataclass

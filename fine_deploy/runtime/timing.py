@@ -9,6 +9,12 @@ spreads slow phases of the machine over all of them instead of biasing one.
 The host's CPU also runs slower until it has been busy for a while: a 17 us graph timed right
 after an idle pause took 16-20 us, and 12 us once the core had been busy for 2 s (it dropped
 back within 0.1 s of idling). `spin_up` keeps a timing from starting on a cold core.
+
+Two protocols serve two purposes. Layer costs (`profile`) take the minimum of the calling thread's
+CPU time: it separates a microsecond of difference between two graphs on a shared machine. What a
+plan promises, and what `bench` reports next to it, is the statistic a user meets: the median wall
+time of one run at the plan's threads (`PREDICTION`); `profile --supernet` times whole exported
+subnets under it and maps the layer sums onto it, so that the two meet.
 """
 
 from __future__ import annotations
@@ -71,6 +77,21 @@ class Protocol:
         return cls(**d)
 
 
+# What plans predict and `bench` measures by default: the median wall time of one run on one
+# intra-op thread, warmed up, candidates interleaved round by round.
+PREDICTION = Protocol(threads=1, spinning=False, warmup=10, rounds=15, runs_per_round=10, estimator="median",
+                      clock="wall")
+
+
+def describe(protocol: Protocol) -> str:
+    """One line a user can repeat the measurement from."""
+    p = protocol
+    clock = "wall time (perf_counter)" if p.clock == "wall" else "thread CPU time"
+    return (f"{p.estimator} {clock} of one run over {p.samples} runs after {p.warmup} warm-up, {p.threads} intra-op "
+            f"thread{'s' if p.threads > 1 else ''}, spinning {'on' if p.spinning else 'off'}"
+            + (", interleaved" if p.interleaved else ""))
+
+
 _last_busy = {"wall": float("-inf"), "cpu": 0.0}  # when this process's last timing group ended
 
 
@@ -106,6 +127,14 @@ def run_timer(run: Callable[[], object], clock: str) -> Callable[[int], np.ndarr
         return out
 
     return timed
+
+
+def session_runner(session: Any, feeds: dict[str, np.ndarray], clock: str) -> Callable[[int], np.ndarray]:
+    """A runner (n -> seconds per run) of one runtime session: its own synchronised wall timing
+    (Session.time_runs), or the calling thread's CPU time for a CPU runtime on one thread."""
+    if clock == "wall":
+        return lambda n: session.time_runs(feeds, n)
+    return run_timer(lambda: session.run(feeds), clock)
 
 
 def estimate(samples: np.ndarray, estimator: str) -> float:
