@@ -123,7 +123,9 @@ def bench_cmd(
     json_path: Path | None = typer.Option(None, "--json", help="Write the result here (bench.json)."),
     steps: int = typer.Option(1, "--steps", help="Sampler steps, for the per-image latency."),
     shape: list[str] = typer.Option([], "--shape", help="Input shape override NAME=1x4x16x16 (repeatable)."),
-    threads: int | None = typer.Option(None, "--threads", help="Intra-op threads (default: the runtime's)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Intra-op threads (default: its plan's protocol, else the runtime's)."
+    ),
     batch: int = typer.Option(1, "--batch", help="Batch size for inputs with a dynamic leading dim."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed runs per model first."),
     time_budget: float | None = typer.Option(
@@ -144,6 +146,9 @@ def bench_cmd(
         False, "--until-decided", help="Two artifacts (baseline, current): time until the verdict is decided."
     ),
     threshold: str = typer.Option("5%", "--threshold", help="With --until-decided: the change to decide about."),
+    block: int | None = typer.Option(
+        None, "--block", help="Consecutive runs of one model per turn (default: its plan's protocol, else 1)."
+    ),
 ) -> None:
     """Time exported artifacts: median/mean/std/p90/p99, throughput, per-image latency, memory."""
     from fine_deploy.bench.run import bench
@@ -151,7 +156,7 @@ def bench_cmd(
     bench(
         artifacts, runs, json_path, steps=steps, shapes=shape, threads=threads, batch=batch, warmup=warmup,
         time_budget_s=time_budget, order=order, spinning=spinning, backend=backend, calibrate=calibrate,
-        spinup_s=spin_up, until_decided=until_decided, threshold=threshold,
+        spinup_s=spin_up, until_decided=until_decided, threshold=threshold, block=block,
     )
 
 

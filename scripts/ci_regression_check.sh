@@ -26,7 +26,8 @@ FD=(python -m fine_deploy.cli)   # this checkout's package (the cwd shadows any 
 RUNS="${FD_GATE_RUNS:-300}"
 HISTORY="${FD_GATE_HISTORY:-8}"
 THRESHOLD="${THRESHOLD:-5%}"
-BENCH_ARGS=(--runs "$RUNS" --threads 1 --warmup 10)
+# --block 1: the noise model and its A/A history were learned one run per turn
+BENCH_ARGS=(--runs "$RUNS" --threads 1 --warmup 10 --block 1)
 start=$(date +%s)
 
 export_default() {  # $1: source tree, $2: output export dir

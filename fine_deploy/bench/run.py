@@ -59,7 +59,8 @@ def plan_prediction(path: Path) -> dict[str, Any] | None:
         return None
     proto = (pr.get("cost_model") or {}).get("latency_protocol") or {}
     return {"latency_s": float(pr["latency_s"]), "calibrated": bool(proto.get("calibrated")),
-            "threads": proto.get("threads"), "protocol": proto.get("description")}
+            "threads": proto.get("threads"), "block": (proto.get("protocol") or {}).get("runs_per_round"),
+            "protocol": proto.get("description")}
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -158,6 +159,7 @@ def bench(
     measure_mem: bool = True,
     until_decided: bool = False,
     threshold: float | str = 0.05,
+    block: int | None = None,
 ) -> BenchResult:
     """Benchmark every artifact in ``paths`` in one process and write ``json_path`` (bench.json).
 
@@ -166,6 +168,10 @@ def bench(
     Inputs come from the artifact's declared shapes, ``shapes`` overriding by input name.
     Timing starts after ``spinup_s`` busy seconds (a cold core reads slower); memory is measured
     per artifact in a fresh process (``fine_deploy.bench.memory``), so the order does not matter.
+
+    ``block`` consecutive runs of each model make one turn of an interleaved round (``runs`` is rounded up to
+    whole rounds). Artifacts exported from plans are measured as their plans promised (their protocol's
+    threads and block) unless ``threads`` / ``block`` are given.
 
     ``until_decided`` (two artifacts: baseline, current): rounds go on, interleaved, until the paired
     verdict at ``threshold`` (fine_deploy.bench.decide) is regressed, improved or unchanged, or the time
@@ -203,8 +209,14 @@ def bench(
     unused = set(overrides)
     predictions = [plan_prediction(p) for p in resolved]
     planned = {p["threads"] for p in predictions if p is not None and p["threads"]}
-    if threads is None and len(planned) == 1 and all(predictions):
+    from_plans = len(planned) == 1 and all(predictions)
+    if threads is None and from_plans:
         threads = planned.pop()  # measure what the plans promised, as they promised it
+    if block is None:
+        blocks = {p["block"] for p in predictions if p is not None and p.get("block")}
+        block = blocks.pop() if from_plans and len(blocks) == 1 else 1
+    if block < 1:
+        raise FineDeployError("--block must be a positive number of runs")
     options = SessionOptions(threads=threads, spinning=spinning)
 
     # Memory first, each artifact in a fresh process of its own (fine_deploy.bench.memory): ΔRSS must not
@@ -261,7 +273,7 @@ def bench(
 
     spin_up(spinup_s)
 
-    max_rounds = runs if time_budget_s is None and stop is None else 1_000_000
+    max_rounds = -(-runs // block) if time_budget_s is None and stop is None else 1_000_000
     start = time.perf_counter()
     with _progress(progress) as bar:
         total = max_rounds if time_budget_s is None else None
@@ -271,9 +283,11 @@ def bench(
             while r < max_rounds:
                 seq = entries if r % 2 == 0 else entries[::-1]
                 for e in seq:
-                    e.time_once()
+                    for _ in range(block):
+                        e.time_once()
                 if cal is not None:
-                    time_calibration()
+                    for _ in range(block):
+                        time_calibration()
                 r += 1
                 bar.advance(task)
                 if stop is not None:
@@ -349,6 +363,7 @@ def bench(
             time_budget_s=time_budget_s,
             spinup_s=spinup_s,
             until_decided=stop.record() if stop is not None else None,
+            block=block,
             memory_isolation=ISOLATION if measure_mem else None,
             cross_run_metric=cross_run_metric(entries[0].session.backend, threads),
         ),

@@ -33,6 +33,9 @@ class BenchSettings:
     # What makes separate runs comparable on this platform (fine_deploy.bench.platform_metric).
     cross_run_metric: dict[str, Any] | None = None
     until_decided: dict[str, Any] | None = None  # the sequential stop of `bench --until-decided`
+    # consecutive runs of one model per turn of an interleaved round (runtime.timing's runs_per_round): one
+    # model's runs after another's start with caches the other filled, several in a row are what a loop meets
+    block: int = 1
 
 
 @dataclass
