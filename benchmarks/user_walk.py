@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,17 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import git_commit  # noqa: E402
+from steps import fine_deploy as cli  # noqa: E402
 
 TARGET_OVER, TARGET_HITS, TARGET_MEDIAN = 1.05, 4, 0.85
-
-
-def cli(env: dict, *args: str) -> tuple[str, float]:
-    t0 = time.perf_counter()
-    exe = Path(sys.executable).parent / "fine-deploy"  # the console script a user runs
-    out = subprocess.run([str(exe), *args], env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"fine-deploy {' '.join(args)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
-    return out.stdout + out.stderr, time.perf_counter() - t0
 
 
 def plain_ort_medians(dirs: list[Path], threads: int, runs: int, seed: int = 0, block: int = 10) -> list[float]:
