@@ -10,7 +10,7 @@ import pytest
 
 from fine_deploy.cost.graphs import LayerChoice
 from fine_deploy.cost.lut import load_lut
-from fine_deploy.cost.predictor import predict_latency
+from fine_deploy.cost.predictor import layer_cost
 from fine_deploy.cost.profiler import profile
 from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
@@ -55,8 +55,8 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
     # ONNX Runtime holds each weight at least once: a measured factor below 1 would mean a broken fit
     coef = reread.memory["coefficients"]
     assert coef["other_weight_bytes"] > 0.8 and reread.memory["fitted_on"] == 6
-    pred = predict_latency([LayerChoice(BIG)], reread)
-    assert pred.layers[0].source == "lut" and pred.seconds > 0
+    pred = layer_cost(LayerChoice(BIG), reread, None)
+    assert pred.source == "lut" and pred.seconds > 0
 
 
 def test_interrupted_profile_resumes(profiles, tmp_path):

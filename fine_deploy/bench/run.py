@@ -167,7 +167,7 @@ def bench(
     seconds, at least 5 rounds) in ``order``; the calibration GEMM is timed in every round.
     Inputs come from the artifact's declared shapes, ``shapes`` overriding by input name.
     Timing starts after ``spinup_s`` busy seconds (a cold core reads slower); memory is measured
-    per artifact in a fresh process (``fine_deploy.bench.memory``), so the order does not matter.
+    per artifact in a fresh process (``fine_deploy.runtime.rss``), so the order does not matter.
 
     ``block`` consecutive runs of each model make one turn of an interleaved round (``runs`` is rounded up to
     whole rounds). Artifacts exported from plans are measured as their plans promised (their protocol's
@@ -219,9 +219,10 @@ def bench(
         raise FineDeployError("--block must be a positive number of runs")
     options = SessionOptions(threads=threads, spinning=spinning)
 
-    # Memory first, each artifact in a fresh process of its own (fine_deploy.bench.memory): ΔRSS must not
+    # Memory first, each artifact in a fresh process of its own (fine_deploy.runtime.rss): ΔRSS must not
     # depend on which artifact was loaded before.
-    from fine_deploy.bench.memory import ISOLATION, measure_memory
+    from fine_deploy.runtime.rss import ISOLATION
+    from fine_deploy.runtime.rss import session_memory as measure_memory
 
     memories, memory_errors = [], []
     for path in resolved:

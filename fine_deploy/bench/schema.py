@@ -29,7 +29,7 @@ class BenchSettings:
     time_budget_s: float | None = None
     # Busy seconds before timing: a core that idled reads up to 1.4x slower until it has been busy.
     spinup_s: float = 0.0
-    memory_isolation: str | None = None  # how ΔRSS was measured (fine_deploy.bench.memory.ISOLATION)
+    memory_isolation: str | None = None  # how ΔRSS was measured (fine_deploy.runtime.rss.ISOLATION)
     # What makes separate runs comparable on this platform (fine_deploy.bench.platform_metric).
     cross_run_metric: dict[str, Any] | None = None
     until_decided: dict[str, Any] | None = None  # the sequential stop of `bench --until-decided`

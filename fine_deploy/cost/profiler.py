@@ -250,7 +250,7 @@ def calibrate_memory(
 ) -> dict[str, Any]:
     """Measure the RSS increase of a few random subnets over their empty graph and fit the memory model."""
     from fine_deploy.cost.memory import fit_memory, memory_features
-    from fine_deploy.cost.rss import median_session_rss
+    from fine_deploy.runtime.rss import median_session_rss
 
     rng = random.Random(seed + 1)
     samples, empties = [], {}

@@ -11,8 +11,6 @@ from __future__ import annotations
 import difflib
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -290,36 +288,10 @@ def copy_bandwidth(nbytes: int = _COPY_BYTES, runs: int = 8) -> float:
     return 2.0 * nbytes / best
 
 
-_EMPTY_SESSION_RSS = r"""
-import resource, sys
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-import numpy, onnx
-from onnx import TensorProto, helper
-g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "e",
-    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
-before = rss()
-import onnxruntime as ort
-so = ort.SessionOptions(); so.intra_op_num_threads = 1
-s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-s.run(None, {"x": numpy.ones(1, numpy.float32)})
-print(rss() - before)
-"""
-
-
-def runtime_rss_bytes() -> int:
-    """Resident memory ONNX Runtime adds to a process: its libraries plus one empty session."""
-    out = subprocess.run(
-        [sys.executable, "-c", _EMPTY_SESSION_RSS], capture_output=True, text=True, timeout=120, check=True
-    )
-    return int(out.stdout.strip().splitlines()[-1])
-
-
 def probe_host(threads: int = 1) -> dict[str, Any]:
     """Measure this machine's figures for the `host` profile (about 2-3 s)."""
+    from fine_deploy.runtime.rss import runtime_rss_bytes
+
     total, available = _memory()
     gemm = gemm_flops(threads)
     bw = copy_bandwidth()
@@ -329,7 +301,7 @@ def probe_host(threads: int = 1) -> dict[str, Any]:
         "memory_bandwidth": bw,
         "memory_bytes": total,
         "usable_memory_bytes": available,
-        "runtime_overhead_bytes": runtime_rss_bytes(),
+        "runtime_overhead_bytes": runtime_rss_bytes(),  # fine_deploy.runtime.rss
         # an empty ONNX Runtime run from Python costs ~10 us; the calibration replaces this guess
         "launch_overhead_s": 2.0e-6,
         "probed": {"cores": cores, "threads": threads, "gemm_n": _GEMM_N, "copy_bytes": _COPY_BYTES},
