@@ -64,6 +64,7 @@ class ModelResult:
     memory: dict[str, int | None]
     # Process CPU seconds per run (CPU backends only): immune to other processes taking the cores.
     cpu_samples_s: list[float] | None = None
+    precision: str | None = None  # what the export's manifest says it was written at (None: a bare model file)
 
 
 @dataclass

@@ -7,7 +7,7 @@
   embedding's and attention's wide ranges on an 8-bit grid and measured ~22 dB on the default supernet
   against 26-44 dB for the weight-bearing ops alone. TensorRT's explicit quantization wants symmetric
   int8 activations (zero point 0), ONNX Runtime CPU runs asymmetric uint8 activations faster, so the
-  caller says which (`symmetric`).
+  caller says which (`symmetric`; symmetric also leaves biases float, as TensorRT's Q/DQ graphs want).
 - dynamic (`quantize_dynamic`, MatMul/Gemm): int8 weights, activations quantised per run; no calibration
   data, ONNX Runtime only.
 
@@ -122,7 +122,9 @@ def quantize_int8(src: Path, dst: Path, *, mode: str, feeds: list[dict[str, np.n
             quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             op_types_to_quantize=list(STATIC_OPS), activation_type=act,
                             weight_type=QuantType.QInt8, use_external_data_format=external_data,
-                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
+                            extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                                           # TensorRT's Q/DQ graphs keep biases float (it fuses them itself)
+                                           "QuantizeBias": not symmetric})
             what = {"mode": "static", "format": "QDQ", "ops": list(STATIC_OPS), "calibration": "MinMax",
                     "activations": "int8 symmetric" if symmetric else "uint8 asymmetric"}
         else:
