@@ -144,7 +144,7 @@ def export(
             weights={"torch": folded.weight_bytes(), "ranks": folded.ranks, "shared_bases": folded.shared_bases},
             tools=tool_versions(),
         )
-        manifest.checks["precision"] = {"precision": prec, "bound": par.BOUNDS[prec].to_json(),
+        manifest.checks["precision"] = {"precision": prec, "bound": par.bound(prec).to_json(),
                                         "reference": "PyTorch fp32 subnet"}
         # the forms must compute the dense function: checked in torch before any file is written
         if any(f != "dense" for f in folded.forms.values()):
@@ -358,7 +358,7 @@ def _coreml(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], re
         manifest.notes.append("Core ML predictions are only compared on macOS; weights and interface were checked here")
         return
     # Core ML may run an fp32 program's layers in fp16 on the GPU/ANE: predictions are held to a PSNR only
-    psnr = par.BOUNDS[precision if precision != "fp32" else "fp16"].min_psnr_db
+    psnr = par.bound(precision if precision != "fp32" else "fp16").min_psnr_db
     p = par.compare(out, ref, runtime="coreml", reference="torch", tolerance=None, inputs=meta, min_psnr_db=psnr)
     manifest.parity.append(p.to_json())
     manifest.checks["precision"]["measured"] = {"rel": p.rel, "psnr_db": p.to_json()["psnr_db"], "runtime": "coreml"}

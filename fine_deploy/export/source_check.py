@@ -69,7 +69,7 @@ def check_against_source(sn: Supernet, config: SubnetConfig, source: Path, input
     model = load_diffusers_model(source).float()
     y = run_torch(model, inputs, sn.adapter).numpy()
     exact = is_full(sn, config) and sn.exact_top
-    bound = par.BOUNDS[precision] if exact else par.Bound(None, None)  # not exact: measured, never refused
+    bound = par.bound(precision) if exact else par.Bound(None, None)  # not exact: measured, never refused
     tol = bound.rel
     p = par.compare(out, y, runtime="export", reference=f"source model {source}", tolerance=tol, inputs=meta,
                     min_psnr_db=bound.min_psnr_db)
