@@ -4,6 +4,7 @@ samples an fp16 / int8 export draws next to the fp32 one's."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -198,11 +199,13 @@ def test_plan_precision_map_is_honoured_and_old_plans_stay_fp32(work, tmp_path):
     (tmp_path / "p16.json").write_text(json.dumps(raw))
     m = export(tmp_path / "p16.json", "onnx", tmp_path / "o")
     assert m.options["precision"] == "fp16" and weight_types(tmp_path / "o" / "model.onnx") == {TensorProto.FLOAT16}
-    # one layer asks for something else: one precision per artifact, so the mix is refused with the way out
+    # fp16 beside int8 in one graph is not offered: refused with the way out
     raw["precision"] = {"*": "fp16", "qkv": "int8"}
     (tmp_path / "mix.json").write_text(json.dumps(raw))
-    with pytest.raises(FineDeployError, match=r"different precisions \(fp16: 24 layers, int8: 6 layers\).*--precision"):
+    with pytest.raises(FineDeployError, match=r"fp16\+int8 \(fp16: 24 layers, int8: 6 layers.*--precision"):
         export(tmp_path / "mix.json", "onnx", tmp_path / "mix")
+    with pytest.raises(FineDeployError, match="--format coreml cannot mix"):
+        export(_with(raw, tmp_path, {"*": "pal8", "qkv": "fp16"}), "coreml", tmp_path / "mixc")
     raw["precision"] = {"*": "int4"}
     (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(FineDeployError, match="precision 'int4' for '\\*' is not one of"):
@@ -211,6 +214,44 @@ def test_plan_precision_map_is_honoured_and_old_plans_stay_fp32(work, tmp_path):
     (tmp_path / "unk.json").write_text(json.dumps(raw))
     with pytest.raises(FineDeployError, match="neither a layer nor a type"):
         export(tmp_path / "unk.json", "onnx", tmp_path / "unk")
+
+
+def _with(raw: dict, tmp_path, precision: dict):
+    path = tmp_path / f"plan-{len(list(tmp_path.glob('plan-*.json')))}.json"
+    path.write_text(json.dumps({**raw, "precision": precision}))
+    return path
+
+
+def _weight_dtypes_by_scope(path) -> dict[str, set[int]]:
+    """Module scope of each MatMul/Gemm/MatMulInteger ('attn1/to_q', 'ff/net.0/proj', ...) -> its weights' types."""
+    proto = onnx.load(str(path))
+    init = {t.name: t.data_type for t in proto.graph.initializer}
+    out: dict[str, set[int]] = {}
+    for n in proto.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "MatMulInteger") and n.name.startswith("/model/transformer_blocks."):
+            # module names are lower case; op names (and ORT's renamed fusions, "MatMul/MatMulAddFusion") are not
+            scope = "/".join(itertools.takewhile(lambda seg: not seg[:1].isupper(), n.name.split("/")[3:]))
+            out.setdefault(scope, set()).update(init[i] for i in n.input if i in init)
+    return out
+
+
+def test_a_plan_mixing_fp32_with_fp16_or_int8_layers_exports_each_layer_at_its_own(work, tmp_path):
+    raw = json.loads((work / "plan.json").read_text())
+    m = export(_with(raw, tmp_path, {"*": "fp16", "qkv": "fp32"}), "onnx", tmp_path / "f16")
+    types = _weight_dtypes_by_scope(tmp_path / "f16" / "model.onnx")
+    assert types["attn1/to_q"] == types["attn1/to_k"] == {TensorProto.FLOAT}  # the qkv layers stayed fp32
+    assert types["attn1/to_out.0"] == types["ff/net.0/proj"] == {TensorProto.FLOAT16}
+    chk = m.checks["precision"]
+    assert chk["layers"] == {"fp16": 24, "fp32": 6} and chk["bound"]["min_psnr_db"] == par.MIN_PSNR_DB
+    m = export(_with(raw, tmp_path, {"fc1": "int8"}), "onnx", tmp_path / "i8", int8_mode="dynamic")
+    types = _weight_dtypes_by_scope(tmp_path / "i8" / "model.onnx")
+    assert TensorProto.INT8 in types["ff/net.0/proj"]  # fc1 quantised (MatMulInteger on int8 weights)
+    assert types["ff/net.2"] == types["attn1/to_q"] == {TensorProto.FLOAT}  # fc2 and qkv left float
+    assert m.options["precision"] == "int8" and m.checks["precision"]["quantization"]["nodes_left_float"] > 0
+    # TensorRT: Q/DQ around the int8 layers only, and no --fp16, so the rest stays fp32
+    export(_with(raw, tmp_path, {"fc1": "int8"}), "trt", tmp_path / "t8", recipe_calib=recipe_calibration)
+    line = (tmp_path / "t8" / te.TRTEXEC_FILE).read_text().splitlines()[-1].split()
+    assert "--int8" in line and "--fp16" not in line
 
 
 def test_precision_of_reads_layer_then_type_then_star_then_fp32():

@@ -7,7 +7,9 @@ check passed, so a crash or a failed parity check leaves no directory that looks
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from fine_deploy.export.fold import FoldedSubnet, fold_subnet
 from fine_deploy.export.io_names import OUTPUT_NAME, export_inputs, input_ranges, run_torch
 from fine_deploy.export.manifest import FORMATS, MANIFEST, Manifest, tool_versions
 from fine_deploy.export.onnx_export import MIN_OPSET, PROTOBUF_LIMIT, check_opset, export_onnx, initializer_stats
-from fine_deploy.export.precision import artifact_precision, check_int8_mode
+from fine_deploy.export.precision import artifact_precision, check_int8_mode, nodes_not_at
 from fine_deploy.fileio import atomic_directory, atomic_write_bytes, atomic_write_json
 from fine_deploy.planner.schema import Plan, supernet_for_plan
 from fine_deploy.supernet.core import SubnetConfig, Supernet
@@ -102,9 +104,11 @@ def export(
     p = _load_plan(plan)
     sn = supernet_for_plan(p, supernet)
     config = sn.validate(SubnetConfig.from_json(p.subnet))
-    prec = artifact_precision(p, sn, config, format, override)
-    check_int8_mode(int8_mode, format, prec)
-    fp16 = prec == "fp16"
+    choice = artifact_precision(p, sn, config, format, override)
+    check_int8_mode(int8_mode, format, choice)
+    prec = choice.lowest  # the parity bound of the whole artifact is its lowest precision's
+    fp16 = choice.kinds == {"fp16"}
+    int8 = "int8" in choice.kinds
     batch = int(batch or p.inputs.get("batch") or 1)
     ad = sn.adapter
     pipeline = bool(sn.components)
@@ -114,7 +118,7 @@ def export(
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed, sn.text_tokens)
     meta = {"batch": batch, "resolution": res, "seed": seed}
     images = None
-    if prec == "int8" and int8_mode == "static":  # calibration data found and checked before any heavy work
+    if int8 and int8_mode == "static":  # calibration data found and checked before any heavy work
         images = _calibration_images(sn, calib, recipe_calib, res)
         from fine_deploy.export.quantize import check_calibration
 
@@ -138,14 +142,14 @@ def export(
             inputs=_tensor_specs(inputs, input_ranges(ad, sn.spec.config), dynamic_batch),
             outputs=[{"name": OUTPUT_NAME, "shape": (["batch", *ref.shape[1:]] if dynamic_batch else list(ref.shape)),
                       "dtype": "float32"}],
-            options={"fp16": fp16, "precision": prec, "int8_mode": int8_mode if prec == "int8" else None,
+            options={"fp16": fp16, "precision": prec, "int8_mode": int8_mode if int8 else None,
                      "dynamic_batch": dynamic_batch, "opset": opset, "batch": batch,
                      "resolution": res, "deployment_target": deployment_target if format == "coreml" else None},
             weights={"torch": folded.weight_bytes(), "ranks": folded.ranks, "shared_bases": folded.shared_bases},
             tools=tool_versions(),
         )
         manifest.checks["precision"] = {"precision": prec, "bound": par.bound(prec).to_json(),
-                                        "reference": "PyTorch fp32 subnet"}
+                                        "reference": "PyTorch fp32 subnet", **choice.to_json()}
         # the forms must compute the dense function: checked in torch before any file is written
         if any(f != "dense" for f in folded.forms.values()):
             dense = run_torch(sn.subnet(config), inputs, ad).numpy()
@@ -158,12 +162,17 @@ def export(
             out_prec = "fp32"  # the precision of artifact_out
             if format in ("onnx", "trt"):
                 name = f"{sn.spec.pipeline['denoiser']}/{ONNX_NAME}" if pipeline else ONNX_NAME
-                onnx_prec = prec if format == "onnx" or prec == "int8" else "fp32"  # TensorRT: builder flags
+                # TensorRT takes fp16/bf16 as builder flags on an fp32 graph, int8 as Q/DQ nodes in it
+                onnx_prec = prec if format == "onnx" or int8 else "fp32"
+                keep = partial(nodes_not_at, choice=choice, sn=sn, config=config)
                 quant = None
-                if onnx_prec == "int8":
+                if int8:
                     quant = _int8_plan(sn, folded, inputs, images, int8_mode, symmetric=format == "trt")
+                    quant["exclude"] = partial(keep, target="int8") if choice.mixed else None
                 artifact_out = _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset,
                                      dynamic_batch=dynamic_batch, precision=onnx_prec,
+                                     fp16=format == "onnx" and "fp16" in choice.kinds,
+                                     fp16_keep=partial(keep, target="fp16") if choice.mixed else None,
                                      threshold=external_data_threshold, name=name, quant=quant)
                 out_prec = onnx_prec
                 if pipeline:
@@ -177,7 +186,7 @@ def export(
                                       {"_class_name": sn.spec.backbone, **dict(folded.model.config)})
                 step("onnx written and checked")
                 if format == "trt":
-                    _trt(tmp, inputs, manifest, meta, ref, precision=prec, dynamic_batch=dynamic_batch)
+                    _trt(tmp, inputs, manifest, meta, ref, kinds=choice.kinds, dynamic_batch=dynamic_batch)
             elif format == "coreml":
                 name = COREML_NAME
                 if pipeline:
@@ -246,20 +255,25 @@ def _int8_plan(sn: Supernet, folded: FoldedSubnet, inputs: dict[str, torch.Tenso
 
 def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
           meta: dict, *, opset: int, dynamic_batch: bool, precision: str, threshold: int,
-          name: str = ONNX_NAME, quant: dict | None = None) -> np.ndarray:
+          name: str = ONNX_NAME, quant: dict | None = None, fp16: bool = False,
+          fp16_keep: Callable[[Any], list[str]] | None = None) -> np.ndarray:
+    """Write the denoiser's ONNX (fp16 where `fp16`, except the nodes `fp16_keep` names; int8 by `quant`) and
+    hold its output to `precision`'s bound."""
     from fine_deploy.export.onnx_export import run_onnx
 
     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
     target = tmp / name
     trace = target.with_name(f".{target.name}.fp32") if quant else target
     files = export_onnx(folded.model, inputs, trace, adapter=folded.adapter, opset=opset,
-                        dynamic_batch=dynamic_batch, fp16=precision == "fp16", external_data_threshold=threshold)
+                        dynamic_batch=dynamic_batch, fp16=fp16, fp16_keep_fp32=fp16_keep,
+                        external_data_threshold=threshold)
     if quant:
         from fine_deploy.export.quantize import quantize_int8
 
         try:
             done = quantize_int8(files[0], target, mode=quant["mode"], feeds=quant["feeds"],
-                                 symmetric=quant["symmetric"], external_data=len(files) > 1)
+                                 symmetric=quant["symmetric"], external_data=len(files) > 1,
+                                 exclude=quant.get("exclude"))
         finally:
             for f in files:
                 f.unlink(missing_ok=True)
@@ -288,7 +302,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
 
 
 def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,
-         precision: str, dynamic_batch: bool) -> None:
+         kinds: set[str], dynamic_batch: bool) -> None:
     from fine_deploy.export import tensorrt_export as te
 
     shapes = {k: list(v.shape) for k, v in inputs.items()}
@@ -303,7 +317,8 @@ def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: d
         checks[name] = chk.to_json()
         te.require_compatible(chk, name)
     manifest.checks["tensorrt"] = checks[main] if len(checks) == 1 else {"models": checks}
-    flags = te.precision_flags(precision)
+    flags = te.precision_flags(kinds)
+    precision = manifest.options["precision"]
     cmds = [te.trtexec_command(name, p, dynamic=dynamic_batch and name == main, **flags)
             for name, p in profiles.items()]
     atomic_write_bytes(tmp / te.TRTEXEC_FILE, te.trtexec_script(cmds).encode())

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,10 @@ class _Reader:
 
 
 def quantize_int8(src: Path, dst: Path, *, mode: str, feeds: list[dict[str, np.ndarray]] | None,
-                  symmetric: bool = False, external_data: bool = False) -> dict[str, Any]:
-    """Write the int8 model of `src` to `dst`; return what was done (recorded in the manifest)."""
+                  symmetric: bool = False, external_data: bool = False,
+                  exclude: Callable[[Any], list[str]] | None = None) -> dict[str, Any]:
+    """Write the int8 model of `src` to `dst`; return what was done (recorded in the manifest). `exclude`
+    names, given the graph to be quantised, the nodes to leave in float (layers a plan keeps at fp32)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -116,10 +118,14 @@ def quantize_int8(src: Path, dst: Path, *, mode: str, feeds: list[dict[str, np.n
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(src), str(pre), save_as_external_data=external_data,
                           all_tensors_to_one_file=external_data)
+        import onnx
+
+        skip = exclude(onnx.load(str(pre), load_external_data=False)) if exclude is not None else None
         if mode == "static":
             reader = type("Reader", (_Reader, CalibrationDataReader), {})(feeds)
             act = QuantType.QInt8 if symmetric else QuantType.QUInt8
             quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            nodes_to_exclude=skip,
                             op_types_to_quantize=list(STATIC_OPS), activation_type=act,
                             weight_type=QuantType.QInt8, use_external_data_format=external_data,
                             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
@@ -128,10 +134,14 @@ def quantize_int8(src: Path, dst: Path, *, mode: str, feeds: list[dict[str, np.n
             what = {"mode": "static", "format": "QDQ", "ops": list(STATIC_OPS), "calibration": "MinMax",
                     "activations": "int8 symmetric" if symmetric else "uint8 asymmetric"}
         else:
+            if skip:  # dynamic mode first rewrites each Gemm X as MatMul "X_MatMul" + Add, then matches names
+                skip = [*skip, *(f"{n}_MatMul" for n in skip)]
             quantize_dynamic(str(pre), str(dst), op_types_to_quantize=list(DYNAMIC_OPS), per_channel=True,
+                             nodes_to_exclude=skip,
                              weight_type=QuantType.QInt8, use_external_data_format=external_data)
             what = {"mode": "dynamic", "ops": list(DYNAMIC_OPS), "activations": "quantised per run"}
-    return {**what, "weights": "int8 per-channel symmetric", **quantized_content(dst)}
+    return {**what, "weights": "int8 per-channel symmetric", "nodes_left_float": len(set(skip or [])),
+            **quantized_content(dst)}
 
 
 def quantized_content(path: Path) -> dict[str, Any]:

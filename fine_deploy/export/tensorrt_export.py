@@ -126,14 +126,16 @@ def engine_name(onnx_name: str) -> str:
     return str(Path(onnx_name).with_name(ENGINE).as_posix())
 
 
-def precision_flags(precision: str) -> dict[str, bool]:
-    """TensorRT builder flags for an artifact precision. int8 is explicit quantization: the ONNX carries the
-    Q/DQ nodes and their scales, `--int8` lets TensorRT run them in int8, and `--fp16` lets the layers left
-    unquantised (norms, softmax) pick fp16 kernels rather than fp32, as NVIDIA's Q/DQ guide builds them."""
-    flags = {"fp16": precision in ("fp16", "int8"), "bf16": precision == "bf16", "int8": precision == "int8"}
-    if precision not in ("fp32", "fp16", "bf16", "int8"):
-        raise FineDeployError(f"no TensorRT builder flags for {precision}; use fp32, fp16, bf16 or int8")
-    return flags
+def precision_flags(precisions: str | set[str]) -> dict[str, bool]:
+    """TensorRT builder flags for the precisions of an artifact. int8 is explicit quantization: the ONNX
+    carries the Q/DQ nodes and their scales and `--int8` lets TensorRT run them in int8; an all-int8 artifact
+    adds `--fp16` so the layers left unquantised (norms, softmax) pick fp16 kernels, as NVIDIA's Q/DQ guide
+    builds them, while int8 beside fp32 layers leaves it off so those stay fp32."""
+    kinds = {precisions} if isinstance(precisions, str) else set(precisions)
+    bad = sorted(kinds - {"fp32", "fp16", "bf16", "int8"})
+    if bad:
+        raise FineDeployError(f"no TensorRT builder flags for {bad[0]}; use fp32, fp16, bf16 or int8")
+    return {"fp16": "fp16" in kinds or kinds == {"int8"}, "bf16": "bf16" in kinds, "int8": "int8" in kinds}
 
 
 def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, dynamic: bool, fp16: bool,
