@@ -111,12 +111,15 @@ def test_int8_static_export_is_qdq_runs_on_stock_onnxruntime_and_records_its_psn
     assert chk["bound"]["min_psnr_db"] == par.INT8_MIN_PSNR_DB
 
 
-def test_int8_dynamic_needs_no_calibration_data(work, tmp_path):
-    m = export(work / "plan.json", "onnx", tmp_path / "d", precision="int8", int8_mode="dynamic")
+def test_int8_dynamic_needs_no_calibration_data_and_goes_out_with_external_data_and_a_dynamic_batch(work, tmp_path):
+    m = export(work / "plan.json", "onnx", tmp_path / "d", precision="int8", int8_mode="dynamic",
+               external_data_threshold=1024, dynamic_batch=True)
+    assert "model.onnx.data" in m.files  # what a model over protobuf's 2 GB gets
     ops = {n.op_type for n in onnx.load(str(tmp_path / "d" / "model.onnx")).graph.node}
     assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
     assert m.checks["precision"]["calibration"] is None
     assert m.checks["precision"]["measured"]["psnr_db"] >= par.INT8_MIN_PSNR_DB
+    assert len(m.parity) == 2 and all(p["passed"] for p in m.parity)  # batch 1 and batch 2
 
 
 def test_static_int8_without_calibration_data_is_one_line(work, tmp_path, dit_supernet):

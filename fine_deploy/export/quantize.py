@@ -140,6 +140,9 @@ def quantize_int8(src: Path, dst: Path, *, mode: str, feeds: list[dict[str, np.n
                              nodes_to_exclude=skip,
                              weight_type=QuantType.QInt8, use_external_data_format=external_data)
             what = {"mode": "dynamic", "ops": list(DYNAMIC_OPS), "activations": "quantised per run"}
+    import onnx
+
+    onnx.checker.check_model(str(dst), full_check=True)  # path-based: reads external data from disk
     return {**what, "weights": "int8 per-channel symmetric", "nodes_left_float": len(set(skip or [])),
             **quantized_content(dst)}
 
