@@ -305,3 +305,26 @@ def test_fp16_flag_and_precision_must_agree(work, tmp_path):
     with pytest.raises(FineDeployError, match="--fp16 and --precision int8 disagree"):
         export(work / "plan.json", "onnx", tmp_path / "o", fp16=True, precision="int8")
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+def test_a_pipelines_int8_tensorrt_bundle_quantises_the_denoiser_only(tmp_path):
+    from tiny_pipelines import sd_pipeline
+
+    cli("convert", "--from-diffusers", sd_pipeline(tmp_path / "src"), "-o", tmp_path / "sn")
+    cli("plan", "--device", "host", "--mem", "2GB", "--supernet", tmp_path / "sn", "-o", tmp_path / "plan.json")
+    sn = load_supernet(tmp_path / "sn")
+    x = export_inputs(sn.adapter, sn.spec.config, 1, None, 0, sn.text_tokens)[sn.adapter.sample_input]
+    latents = np.random.default_rng(0).standard_normal((8, *x.shape[1:])).astype(np.float32)
+    np.save(tmp_path / "latents.npy", latents)  # a converted pipeline records no training data: --calib
+    cli("export", "--plan", tmp_path / "plan.json", "--supernet", tmp_path / "sn", "--format", "trt", "-o",
+        tmp_path / "trt", "--precision", "int8", "--calib", tmp_path / "latents.npy")
+    m = json.loads((tmp_path / "trt" / "manifest.json").read_text())
+    text = (tmp_path / "trt" / te.TRTEXEC_FILE).read_text()
+    lines = [x.split() for x in text.splitlines() if x.startswith("trtexec")]
+    by_model = {next(a for a in ln if a.startswith("--onnx=")).split("=", 1)[1]: ln for ln in lines}
+    assert "--int8" in by_model[m["model"]] and len(by_model) >= 3
+    assert all("--int8" not in ln for name, ln in by_model.items() if name != m["model"])  # no Q/DQ there
+    settings = json.loads((tmp_path / "trt" / te.BUILD_SCRIPT).read_text().split('json.loads(r"""')[1].split('""")')[0])
+    assert {k for k, v in settings["engines"].items() if v["int8"]} == {m["model"]}
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "trt" / m["model"])).graph.node}
+    assert any("only the denoiser is int8" in n for n in m["notes"])

@@ -181,6 +181,9 @@ def export(
                     write_components(tmp, sn, manifest, meta, format, batch=batch, resolution=res, opset=opset,
                                      fp16=fp16 and format == "onnx", threshold=external_data_threshold,
                                      target=deployment_target)
+                    if choice.kinds != {"fp32"} and not fp16:
+                        manifest.notes.append(f"only the denoiser is {'+'.join(sorted(choice.kinds))}; the "
+                                              "pipeline's other components are exported in fp32")
                     # optimum's layout: the denoiser's config.json beside its graph
                     atomic_write_json(tmp / sn.spec.pipeline["denoiser"] / "config.json",
                                       {"_class_name": sn.spec.backbone, **dict(folded.model.config)})
@@ -319,10 +322,12 @@ def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: d
     manifest.checks["tensorrt"] = checks[main] if len(checks) == 1 else {"models": checks}
     flags = te.precision_flags(kinds)
     precision = manifest.options["precision"]
-    cmds = [te.trtexec_command(name, p, dynamic=dynamic_batch and name == main, **flags)
+    # only the denoiser is quantised: a pipeline's other graphs carry no Q/DQ nodes, so no --int8 for them
+    cmds = [te.trtexec_command(name, p, dynamic=dynamic_batch and name == main,
+                               **{**flags, "int8": flags["int8"] and name == main})
             for name, p in profiles.items()]
     atomic_write_bytes(tmp / te.TRTEXEC_FILE, te.trtexec_script(cmds).encode())
-    atomic_write_bytes(tmp / te.BUILD_SCRIPT, te.build_script(profiles, **flags).encode())
+    atomic_write_bytes(tmp / te.BUILD_SCRIPT, te.build_script(profiles, **flags, int8_models={main}).encode())
     (tmp / te.TRTEXEC_FILE).chmod(0o755)
     (tmp / te.BUILD_SCRIPT).chmod(0o755)
     manifest.checks["tensorrt"].update({"profile": profiles[main], "profiles": profiles, "trtexec": cmds[0],

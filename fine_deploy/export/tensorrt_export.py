@@ -187,13 +187,14 @@ def main():
     args = ap.parse_args()
     for onnx_name, spec in sorted(SETTINGS["engines"].items()):
         if args.only in (None, onnx_name):
-            rc = build(args, str(HERE / onnx_name), str(HERE / spec["engine"]), spec["profile"])
+            rc = build(args, str(HERE / onnx_name), str(HERE / spec["engine"]), spec["profile"],
+                       int8=args.int8 and spec.get("int8", True))
             if rc:
                 return rc
     return 0
 
 
-def build(args, onnx_path, engine_path, shapes):
+def build(args, onnx_path, engine_path, shapes, int8):
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
@@ -210,7 +211,7 @@ def build(args, onnx_path, engine_path, shapes):
         config.set_flag(trt.BuilderFlag.FP16)
     if args.bf16:
         config.set_flag(trt.BuilderFlag.BF16)
-    if args.int8:
+    if int8:  # only graphs with Q/DQ nodes: without them TensorRT would need a calibrator's ranges
         config.set_flag(trt.BuilderFlag.INT8)
     cache_path = Path(args.timing_cache)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
@@ -240,9 +241,11 @@ if __name__ == "__main__":
 
 
 def build_script(profiles: dict[str, dict[str, dict[str, list[int]]]], *, fp16: bool, int8: bool = False,
-                 bf16: bool = False, workspace_mib: int = 4096) -> str:
-    """The bundle's build script: one engine per ONNX file (`profiles`: ONNX path -> its inputs' shapes)."""
-    engines = {name: {"engine": engine_name(name), "profile": p} for name, p in profiles.items()}
+                 bf16: bool = False, workspace_mib: int = 4096, int8_models: set[str] | None = None) -> str:
+    """The bundle's build script: one engine per ONNX file (`profiles`: ONNX path -> its inputs' shapes);
+    with `int8`, the INT8 flag goes to the graphs in `int8_models` (all when None), those with Q/DQ nodes."""
+    engines = {name: {"engine": engine_name(name), "profile": p,
+                      "int8": int8 and (int8_models is None or name in int8_models)} for name, p in profiles.items()}
     settings = {"engines": engines, "fp16": fp16, "bf16": bf16, "int8": int8, "workspace_mib": workspace_mib}
     return _SCRIPT.replace("__SETTINGS__", json.dumps(settings, indent=2, sort_keys=True)).replace(
         "__CACHE__", TIMING_CACHE)
