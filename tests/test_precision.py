@@ -109,6 +109,8 @@ def test_int8_static_export_is_qdq_runs_on_stock_onnxruntime_and_records_its_psn
     assert p.psnr_db >= par.INT8_MIN_PSNR_DB
     assert chk["measured"]["psnr_db"] == pytest.approx(p.psnr_db, abs=0.01)  # the manifest states what was measured
     assert chk["bound"]["min_psnr_db"] == par.INT8_MIN_PSNR_DB
+    held_out = chk["measured_on_data"]  # the quantisation measured on inputs it was not calibrated on
+    assert held_out["samples"] == 8 and 10.0 < held_out["psnr_db_min"] <= held_out["psnr_db_median"]
 
 
 def test_int8_dynamic_needs_no_calibration_data_and_goes_out_with_external_data_and_a_dynamic_batch(work, tmp_path):

@@ -118,11 +118,16 @@ def export(
     inputs = export_inputs(ad, sn.spec.config, batch, res, seed, sn.text_tokens)
     meta = {"batch": batch, "resolution": res, "seed": seed}
     images = None
-    if int8 and int8_mode == "static":  # calibration data found and checked before any heavy work
-        images = _calibration_images(sn, calib, recipe_calib, res)
+    if int8:  # calibration data found and checked before any heavy work (dynamic int8 only measures on it)
         from fine_deploy.export.quantize import check_calibration
 
-        check_calibration(images, inputs[ad.sample_input], ad.sample_input)
+        try:
+            images = _calibration_images(sn, calib, recipe_calib, res)
+        except FineDeployError:
+            if int8_mode == "static" or calib is not None:
+                raise
+        if images is not None:
+            check_calibration(images, inputs[ad.sample_input], ad.sample_input)
     from fine_deploy.export.source_check import check_against_source, find_source
 
     source, skipped = find_source(sn, against)
@@ -248,12 +253,15 @@ def _calibration_images(sn: Supernet, calib: str | Path | torch.Tensor | None,
 def _int8_plan(sn: Supernet, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], images: torch.Tensor | None,
                mode: str, *, symmetric: bool) -> dict:
     """What `_onnx` needs to quantise: the mode, the calibration feeds and how they were drawn."""
-    from fine_deploy.export.quantize import calibration_feeds
+    from fine_deploy.export.quantize import CALIB_SEED, CHECK_SAMPLES, calibration_feeds
 
+    # the quantised graph is also measured on inputs like the calibration's but never calibrated on
+    check = (calibration_feeds(sn, folded.model, images, inputs, samples=CHECK_SAMPLES, seed=CALIB_SEED + 100_000)[0]
+             if images is not None else None)
     if mode == "dynamic":
-        return {"mode": mode, "feeds": None, "symmetric": symmetric, "calibration": None}
+        return {"mode": mode, "feeds": None, "symmetric": symmetric, "calibration": None, "check": check}
     feeds, desc = calibration_feeds(sn, folded.model, images, inputs)
-    return {"mode": mode, "feeds": feeds, "symmetric": symmetric, "calibration": desc}
+    return {"mode": mode, "feeds": feeds, "symmetric": symmetric, "calibration": desc, "check": check}
 
 
 def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
@@ -293,6 +301,8 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
         manifest.checks["precision"]["measured"] = {"rel": p.rel, "psnr_db": p.to_json()["psnr_db"],
                                                     "runtime": desc["backend"]}
     par.require(p, name)
+    if quant and quant.get("check"):
+        manifest.checks["precision"]["measured_on_data"] = _measure_on_data(files[0], folded, quant["check"])
     if dynamic_batch:  # prove the batch axis really is dynamic: run another batch size too
         other = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
         ref2 = run_torch(folded.model, other, folded.adapter).numpy()
@@ -302,6 +312,22 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
         manifest.parity.append(p2.to_json())
         par.require(p2, f"{name} at batch {meta['batch'] + 1}")
     return out
+
+
+def _measure_on_data(path: Path, folded: FoldedSubnet, feeds: list[dict[str, np.ndarray]]) -> dict:
+    """PSNR of the graph at `path` against the PyTorch fp32 subnet on data-like inputs (recorded, not bounded:
+    a held-out check of the quantisation, whose bound is the parity input's)."""
+    from fine_deploy.runtime import SessionOptions, open_session
+
+    psnr = []
+    with open_session(path, SessionOptions(threads=1), "onnxruntime-cpu") as s:
+        for feed in feeds:
+            ref = run_torch(folded.model, {k: torch.from_numpy(v) for k, v in feed.items()}, folded.adapter).numpy()
+            psnr.append(par.compare(s.run(feed)[OUTPUT_NAME], ref, runtime="onnxruntime-cpu", reference="torch",
+                                    tolerance=None, inputs={}).psnr_db)
+    finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731  (identical outputs: JSON has no inf)
+    return {"samples": len(psnr), "psnr_db_min": finite(min(psnr)), "psnr_db_median": finite(np.median(psnr)),
+            "data": "calibration-like inputs (held-out seeds)"}
 
 
 def _trt(tmp: Path, inputs: dict[str, torch.Tensor], manifest: Manifest, meta: dict, ref: np.ndarray, *,

@@ -20,10 +20,14 @@ from fine_deploy.errors import FineDeployError
 FP32_REL_TOL = 1e-5
 FP16_REL_TOL = 1e-2
 MIN_PSNR_DB = 35.0
-# int8 (per-channel weights, MatMul/Gemm/Conv quantised): the default supernet's ONNX export measured
-# 26-44 dB over calibration-like inputs (static QDQ) and ~50 dB (dynamic); 20 dB leaves a margin under the
-# worst input while still failing a broken quantisation (a mis-scaled graph measured 2 dB).
-INT8_MIN_PSNR_DB = 20.0
+# int8 (per-channel weights, MatMul/Gemm/Conv quantised), measured on the default supernet's full plan against
+# the PyTorch fp32 subnet on the export's parity input: 43 dB static Q/DQ (uint8 activations), 43 dB
+# symmetric (TensorRT's), 52 dB dynamic; on 8 held-out calibration-like inputs (recorded as
+# `measured_on_data`) median 40 / min 21 dB static, median 47 / min 33 dB dynamic. 30 dB on the parity input
+# leaves 13 dB under the lowest measurement there and refuses the quantisations that went wrong while
+# building this: every op quantised (timestep embedding and softmax on an 8-bit grid, 23 dB) and
+# symmetric activations on every op (2 dB).
+INT8_MIN_PSNR_DB = 30.0
 # 4-bit palettes keep 16 levels per tensor: ml-stable-diffusion reports its mixed-bit SDXL models below
 # 35 dB and judges them by image quality, so only a gross failure is refused here
 PALETTE_MIN_PSNR_DB = {"pal8": MIN_PSNR_DB, "pal6": 25.0, "pal4": 15.0}
