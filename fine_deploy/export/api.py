@@ -123,11 +123,11 @@ def export(
 
         try:
             images = _calibration_images(sn, calib, recipe_calib, res)
+            check_calibration(images, inputs[ad.sample_input], ad.sample_input)
         except FineDeployError:
             if int8_mode == "static" or calib is not None:
                 raise
-        if images is not None:
-            check_calibration(images, inputs[ad.sample_input], ad.sample_input)
+            images = None  # dynamic int8 needs none: it is then measured on the parity input only
     from fine_deploy.export.source_check import check_against_source, find_source
 
     source, skipped = find_source(sn, against)
