@@ -198,12 +198,19 @@ def export_cmd(
     deployment_target: str = typer.Option("iOS16", "--deployment-target", help="Core ML minimum target."),
     against: Path | None = typer.Option(None, "--against", help="The diffusers folder the supernet was converted "
                                         "from (default: the one convert recorded, when it is still there)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 | pal8 | pal6 | pal4 "
+                                         "(what the format can write); the plan's when omitted."),
+    calib: Path | None = typer.Option(None, "--calib", help="Static int8 calibration images (.npy/.safetensors "
+                                      "[N, C, H, W] in [-1, 1]); the supernet's training data when omitted."),
+    int8_mode: str = typer.Option("static", "--int8-mode", help="static (Q/DQ, calibrated) | dynamic (ONNX only)."),
 ) -> None:
     """Fold the plan's subnet into its kernel forms and write a checked artifact + manifest.json."""
     from fine_deploy.export import export
+    from fine_deploy.train.data import recipe_calibration
 
     export(plan, format, output, supernet=supernet, fp16=fp16, dynamic_batch=dynamic_batch, opset=opset,
-           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False, against=against)
+           batch=batch, resolution=resolution, deployment_target=deployment_target, quiet=False, against=against,
+           precision=precision, calib=calib, int8_mode=int8_mode, recipe_calib=recipe_calibration)
 
 
 @command("plan")

@@ -194,7 +194,7 @@ PLAN = Contract(
     name="plan", fix="make it again with `fine-deploy plan ... -o plan.json`", schema=1,
     tag=("format", "fine-deploy-plan"),
     required={"supernet": dict, "subnet": dict},
-    optional={"kernels": dict, "profile": dict, "budget": dict, "inputs": dict, "predicted": dict,
+    optional={"kernels": dict, "precision": dict, "profile": dict, "budget": dict, "inputs": dict, "predicted": dict,
               "binding": (str, type(None)), "solver": dict, "explain": list},
 )
 
@@ -226,7 +226,8 @@ PROFILE = Contract(
     required={"name": str, "description": str, "kind": str, "source": str, "runtime": str, "runtimes": list,
               "dtypes": list, "peak_flops": dict, "memory_bandwidth": Number, "memory_bytes": int,
               "usable_memory_bytes": int, "runtime_overhead_bytes": int, "launch_overhead_s": Number},
-    optional={"aliases": (list, type(None)), "probed": (dict, type(None)), "probe": bool},
+    optional={"aliases": (list, type(None)), "probed": (dict, type(None)), "probe": bool, "precisions": list,
+              "precisions_source": str},
 )
 
 RECIPE = Contract(

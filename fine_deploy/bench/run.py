@@ -319,6 +319,7 @@ def bench(
                 path=str(e.path),
                 sha256=sha256_file(e.session.model_path) if e.session.model_path.is_file() else None,
                 format=resolve_artifact(e.path).format,
+                precision=resolve_artifact(e.path).precision,
                 backend=e.session.backend,
                 providers=list(e.session.providers),
                 session=e.session.describe(),

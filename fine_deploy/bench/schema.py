@@ -70,6 +70,7 @@ class ModelResult:
     # the plan's promise for this artifact (its manifest's plan): latency_s, under which protocol, and
     # measured median / predicted
     predicted: dict[str, Any] | None = None
+    precision: str | None = None  # what the export's manifest says it was written at (None: a bare model file)
 
 
 @dataclass

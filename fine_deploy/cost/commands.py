@@ -26,11 +26,13 @@ def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) ->
         print(json.dumps(rows, indent=2, sort_keys=True))
         return rows
     table = Table(title="device profiles")
-    for col in ("name", "aliases", "runtime", "fp32 / fp16 TFLOP/s", "bandwidth", "usable memory"):
+    for col in ("name", "aliases", "runtime", "precisions", "fp32 / fp16 TFLOP/s", "bandwidth", "usable memory"):
         table.add_column(col, no_wrap=col in ("name", "runtime"))
     for r in rows:
+        precisions = ", ".join(r.get("precisions") or r.get("dtypes") or [])
         if "peak_flops" not in r:
-            table.add_row(r["name"], ", ".join(map(str, r["aliases"])), r["runtime"], "probed on first use", "", "")
+            table.add_row(r["name"], ", ".join(map(str, r["aliases"])), r["runtime"], precisions,
+                          "probed on first use", "", "")
             continue
         peak = r["peak_flops"]
         flops = f"{peak['fp32'] / 1e12:.2f}" + (f" / {peak['fp16'] / 1e12:.1f}" if "fp16" in peak else "")
@@ -38,6 +40,7 @@ def devices(as_json: bool = False, profiles: str | os.PathLike | None = None) ->
             r["name"],
             ", ".join(map(str, r["aliases"])),
             r["runtime"],
+            precisions,
             flops,
             f"{r['memory_bandwidth'] / 1e9:.0f} GB/s",
             _gib(r["usable_memory_bytes"]),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fine_deploy.cost.precisions import WEIGHT_BITS, check_precision
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
 from fine_deploy.paths import measured_dir, shipped_profiles
@@ -47,6 +48,9 @@ class DeviceProfile:
     runtime_overhead_bytes: int  # the runtime's own resident memory (CUDA context, libraries)
     launch_overhead_s: float  # per-kernel cost the roofline adds before calibration
     aliases: tuple[str, ...] = ()
+    # what the runtime deploys (fine_deploy.cost.precisions names); a YAML without the field: its dtypes
+    precisions: tuple[str, ...] = ()
+    precisions_source: str = ""
     probed: dict[str, Any] = field(default_factory=dict)  # host only: what the probe measured
 
     def peak(self, dtype: str = "fp32") -> float:
@@ -56,9 +60,19 @@ class DeviceProfile:
             )
         return self.peak_flops[dtype]
 
+    def require_precision(self, precision: str) -> str:
+        """`precision` when this device's runtime deploys it, else one line naming the ones it does."""
+        check_precision(precision, f"device {self.name}")
+        if precision not in self.precisions:
+            raise FineDeployError(
+                f"device {self.name} ({self.runtime}) does not run {precision}; use one of {', '.join(self.precisions)}"
+            )
+        return precision
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["runtimes"], d["dtypes"], d["aliases"] = list(self.runtimes), list(self.dtypes), list(self.aliases)
+        d["precisions"] = list(self.precisions)
         return d
 
 
@@ -101,6 +115,13 @@ def validate_profile_dict(data: dict[str, Any], where: str) -> DeviceProfile:
     missing = [d for d in data["dtypes"] if d not in data["peak_flops"]]
     if missing:
         raise FineDeployError(f"{where}: dtypes {missing} have no peak_flops entry; add them")
+    precisions = data.get("precisions")
+    if precisions is None:  # profiles written before the field: the stored dtypes the exporter knows
+        precisions = [d for d in data["dtypes"] if d in WEIGHT_BITS]
+    elif not precisions or not list_of(precisions, str):
+        raise FineDeployError(f"{where}: precisions must be a non-empty list of names; fix the value")
+    for p in precisions:
+        check_precision(p, where)
     if data["runtime"] not in data["runtimes"]:
         raise FineDeployError(f"{where}: runtime {data['runtime']!r} is not among its runtimes")
     if data["memory_bandwidth"] <= 0 or data["memory_bytes"] <= 0:
@@ -125,6 +146,8 @@ def validate_profile_dict(data: dict[str, Any], where: str) -> DeviceProfile:
         runtime_overhead_bytes=data["runtime_overhead_bytes"],
         launch_overhead_s=float(data["launch_overhead_s"]),
         aliases=tuple(str(a) for a in data.get("aliases") or ()),
+        precisions=tuple(precisions),
+        precisions_source=data.get("precisions_source", ""),
         probed=dict(data.get("probed") or {}),
     )
 

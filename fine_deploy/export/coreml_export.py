@@ -4,12 +4,17 @@ The torch.jit.trace route fails with numpy 2.x; torch.export converts the tiny U
 are fixed (flexible shapes run far slower on the Neural Engine) and inputs/outputs carry explicit
 names. On Linux the package is checked without loading the model (`skip_model_load`): its interface,
 and that every weight it holds equals the folded weight; on macOS predictions are compared too.
+
+Palettised weights (pal8/pal6/pal4) go through `coremltools.optimize.coreml.palettize_weights` (k-means,
+one look-up table per tensor, tensors of at least 2048 elements as coremltools defaults) after an fp16
+conversion; the package then stores those tensors as `constexpr_lut_to_dense` ops, which the check counts.
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +38,11 @@ def _ct():
 
 
 def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, *, adapter: Adapter | None,
-                  fp16: bool, deployment_target: str = "iOS16", output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> Any:
+                  fp16: bool, deployment_target: str = "iOS16", output_names: tuple[str, ...] = (OUTPUT_NAME,),
+                  palette_bits: int | None = None) -> Any:
     """With an `adapter`, `model` is a backbone fed by its named inputs; without, `model` is already the graph
-    (a pipeline component's) with positional `inputs` and outputs `output_names`."""
+    (a pipeline component's) with positional `inputs` and outputs `output_names`. `palette_bits` palettises
+    the weights (k-means look-up tables of 2^bits entries)."""
     if deployment_target not in TARGETS:
         raise FineDeployError(f"deployment target {deployment_target!r} is unknown; use one of {', '.join(TARGETS)}")
     ct = _ct()
@@ -57,8 +64,22 @@ def export_coreml(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
         except (NotImplementedError, ValueError, RuntimeError, TypeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FineDeployError(f"coremltools could not convert the model: {first}") from None
+        if palette_bits is not None:
+            mlmodel = palettize(mlmodel, palette_bits)
     mlmodel.save(str(path))
     return mlmodel
+
+
+def palettize(mlmodel: Any, nbits: int) -> Any:
+    """k-means palettisation of every weight tensor coremltools' default size threshold selects."""
+    import coremltools.optimize.coreml as cto
+
+    config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=nbits))
+    try:
+        return cto.palettize_weights(mlmodel, config)
+    except (ValueError, RuntimeError, TypeError, ImportError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FineDeployError(f"coremltools could not palettise the weights to {nbits} bits: {first}") from None
 
 
 def _drop_aliases(program: Any) -> None:
@@ -85,9 +106,10 @@ def _convert(ct: Any, program: Any, ct_inputs: list, output_names: tuple[str, ..
 
 
 def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor], *, fp16: bool,
-                  output_names: tuple[str, ...] = (OUTPUT_NAME,)) -> dict[str, Any]:
+                  output_names: tuple[str, ...] = (OUTPUT_NAME,), palette_bits: int | None = None) -> dict[str, Any]:
     """Load the package spec without compiling it; check names, shapes and that weights equal `model`'s (the
-    folded subnet, or the part of a component the graph uses)."""
+    folded subnet, or the part of a component the graph uses). With `palette_bits`, a weight stored as a
+    look-up table is matched by size to a `constexpr_lut_to_dense` op of that many index bits instead."""
     ct = _ct()
     loaded = ct.models.MLModel(str(path), skip_model_load=True)
     desc = loaded.get_spec().description
@@ -96,12 +118,15 @@ def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor],
     if got_in != want_in or [f.name for f in desc.output] != list(output_names):
         raise FineDeployError(f"Core ML package has inputs {got_in} / outputs {[f.name for f in desc.output]}, "
                               f"expected {want_in} / {list(output_names)}; re-export")
-    consts = _consts(loaded)
+    consts, luts = _consts(loaded)
+    if palette_bits is not None and not luts:
+        raise FineDeployError("the Core ML package holds no palettised (constexpr_lut_to_dense) weights; re-export")
+    lut_sizes = Counter(size for size, _ in luts)
     rtol = 1e-3 if fp16 else 0.0
     by_size: dict[int, list[np.ndarray]] = {}
     for v in consts.values():
         by_size.setdefault(v.size, []).append(v.astype(np.float64))
-    checked, worst, missing, uniform = 0, 0.0, [], 0
+    checked, worst, missing, uniform, palettised = 0, 0.0, [], 0, 0
     for name, p in model.named_parameters():  # yields a shared Parameter once
         want = p.detach().double().numpy()
         if want.size > 1 and np.all(want == want.flat[0]):
@@ -112,6 +137,10 @@ def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor],
         scale = float(np.abs(want).max()) or 1.0
         best = min((float(np.abs(g.reshape(w.shape) - w).max()) / scale
                     for g in by_size.get(want.size, []) for w in views), default=None)
+        if (best is None or best > max(rtol, 1e-6)) and lut_sizes.get(want.size, 0) > 0:
+            lut_sizes[want.size] -= 1  # stored palettised: its values are the palette's, not the weight's
+            palettised += 1
+            continue
         if best is None or best > max(rtol, 1e-6):
             missing.append(name)
             continue
@@ -121,14 +150,22 @@ def check_package(path: Path, model: nn.Module, inputs: dict[str, torch.Tensor],
         what = (f"{len(missing)} weights are missing (e.g. {missing[0]})" if missing
                 else f"weights differ by {worst:.1e}")
         raise FineDeployError(f"Core ML package does not hold the folded weights: {what}; re-export")
-    return {"inputs": got_in, "outputs": list(output_names), "weights_checked": checked,
-            "uniform_weights_not_matched": uniform, "weights_max_rel_diff": worst,
-            "consts": len(consts)}
+    out = {"inputs": got_in, "outputs": list(output_names), "weights_checked": checked,
+           "uniform_weights_not_matched": uniform, "weights_max_rel_diff": worst, "consts": len(consts)}
+    if luts:
+        bits = sorted({b for _, b in luts})
+        if palette_bits is not None and bits != [palette_bits]:
+            raise FineDeployError(f"Core ML package palettes use {bits} index bits, not the {palette_bits} asked; "
+                                  "re-export")
+        out.update(palettised_ops=len(luts), palettised_weights=palettised, palette_bits=bits,
+                   palettised_elements=int(sum(size for size, _ in luts)))
+    return out
 
 
-def _consts(mlmodel: Any) -> dict[str, np.ndarray]:
+def _consts(mlmodel: Any) -> tuple[dict[str, np.ndarray], list[tuple[int, int]]]:
     """Every constant array of the package's ML program (what get_weights_metadata lists, without its crash on
-    ops whose inputs are lists, e.g. a concat of CLIP's hidden states)."""
+    ops whose inputs are lists, e.g. a concat of CLIP's hidden states), and (elements, index bits) of every
+    palettised weight."""
     from coremltools.converters.mil.frontend.milproto import load as milproto
     from coremltools.models import utils as model_utils
 
@@ -137,6 +174,7 @@ def _consts(mlmodel: Any) -> dict[str, np.ndarray]:
         prog = model_utils._convert_model_spec_to_pymil_prog(mlmodel, mlmodel.get_spec().specificationVersion,
                                                              milproto.load)
     out: dict[str, np.ndarray] = {}
+    luts: list[tuple[int, int]] = []
 
     def walk(block: Any) -> None:
         for op in block.operations:
@@ -144,10 +182,20 @@ def _consts(mlmodel: Any) -> dict[str, np.ndarray]:
                 walk(b)
             if op.op_type == "const" and isinstance(getattr(op.val, "val", None), np.ndarray) and op.val.val.size > 1:
                 out[op.name] = np.asarray(op.val.val)
+            elif op.op_type == "constexpr_lut_to_dense":
+                luts.append(_lut_shape(op))
 
     for fn in prog.functions.values():
         walk(fn)
-    return out
+    return out, luts
+
+
+def _lut_shape(op: Any) -> tuple[int, int]:
+    """(dense elements, index bits) of a constexpr_lut_to_dense op (iOS16: lut [2^n], iOS18: lut [..., 2^n, 1])."""
+    dense = int(np.prod(op.outputs[0].shape))
+    lut = op.inputs["lut"].val
+    entries = lut.shape[-2] if lut.ndim > 1 and lut.shape[-1] == 1 else lut.shape[-1]
+    return dense, int(round(np.log2(entries)))
 
 
 def predict(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,10 @@ def export_onnx(
     fp16: bool = False,
     external_data_threshold: int = PROTOBUF_LIMIT,
     output_names: tuple[str, ...] = (OUTPUT_NAME,),
+    fp16_keep_fp32: Callable[[Any], list[str]] | None = None,
 ) -> list[Path]:
-    """Write `path` (and `path`.data when larger than the threshold); return the files written.
+    """Write `path` (and `path`.data when larger than the threshold); return the files written. With `fp16`,
+    `fp16_keep_fp32` names (given the traced graph) the nodes to keep in fp32.
 
     With an `adapter`, `model` is a backbone fed by its named inputs; without, `model` is already the graph
     (a pipeline component's) whose positional inputs are `inputs` and outputs `output_names`."""
@@ -111,7 +114,8 @@ def export_onnx(
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FineDeployError(f"torch.onnx.export failed at opset {opset}: {first}; try another --opset") from None
         if fp16:
-            proto = _to_fp16(proto, trace_dir, large=_initializer_bytes(proto) > limit)
+            keep = fp16_keep_fp32(proto) if fp16_keep_fp32 is not None else None
+            proto = _to_fp16(proto, trace_dir, large=_initializer_bytes(proto) > limit, keep=keep)
     finally:
         shutil.rmtree(trace_dir, ignore_errors=True)
     proto.producer_name = "fine-deploy"
@@ -141,7 +145,7 @@ def _initializer_bytes(proto: Any) -> int:
     return sum(len(t.raw_data) or 4 * len(t.float_data) for t in proto.graph.initializer) + (1 << 20)
 
 
-def _to_fp16(proto: Any, work: Path, *, large: bool) -> Any:
+def _to_fp16(proto: Any, work: Path, *, large: bool, keep: list[str] | None = None) -> Any:
     """fp16 weights, fp32 inputs/outputs. The converter's shape inference serialises the whole model when
     handed a ModelProto, which fails above 2 GB (`EncodeError: Failed to serialize proto`); a large model is
     therefore written with external data first and converted from its path (inference on the file)."""
@@ -153,9 +157,11 @@ def _to_fp16(proto: Any, work: Path, *, large: bool) -> Any:
         onnx.save_model(proto, str(fp32), save_as_external_data=True, all_tensors_to_one_file=True,
                         location="fp32.onnx.data", size_threshold=1024)
         del proto
-        proto = convert_float_to_float16(str(fp32), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+        proto = convert_float_to_float16(str(fp32), keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                         node_block_list=keep)
     else:
-        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+        proto = convert_float_to_float16(proto, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                         node_block_list=keep)
     _toposort(proto.graph)  # the converter appends its input casts at the end of the node list
     return proto
 

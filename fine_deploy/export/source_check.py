@@ -61,7 +61,7 @@ def is_full(sn: Supernet, config: SubnetConfig) -> bool:
 
 
 def check_against_source(sn: Supernet, config: SubnetConfig, source: Path, inputs: dict[str, torch.Tensor],
-                         out: np.ndarray, meta: dict, *, fp16: bool) -> dict[str, Any]:
+                         out: np.ndarray, meta: dict, *, precision: str = "fp32") -> dict[str, Any]:
     """Run the source model on the export's inputs and compare `out` (the artifact's output) with it."""
     from fine_deploy.export.io_names import run_torch
     from fine_deploy.supernet.convert import load_diffusers_model
@@ -69,14 +69,16 @@ def check_against_source(sn: Supernet, config: SubnetConfig, source: Path, input
     model = load_diffusers_model(source).float()
     y = run_torch(model, inputs, sn.adapter).numpy()
     exact = is_full(sn, config) and sn.exact_top
-    tol = (par.FP16_REL_TOL if fp16 else par.FP32_REL_TOL) if exact else float("inf")
-    p = par.compare(out, y, runtime="export", reference=f"source model {source}", tolerance=tol, inputs=meta)
+    bound = par.bound(precision) if exact else par.Bound(None, None)  # not exact: measured, never refused
+    tol = bound.rel
+    p = par.compare(out, y, runtime="export", reference=f"source model {source}", tolerance=tol, inputs=meta,
+                    min_psnr_db=bound.min_psnr_db)
     d = np.asarray(out, np.float64) - y
     rel_l2 = float(np.sqrt((d**2).sum() / max(float((y.astype(np.float64) ** 2).sum()), 1e-300)))
     rec = {"path": str(source), "expected_exact": exact, "rel": p.rel, "rel_l2": rel_l2,
-           "tolerance": tol if exact else None, "passed": p.passed}
+           "tolerance": tol, "min_psnr_db": bound.min_psnr_db, "psnr_db": p.to_json()["psnr_db"], "passed": p.passed}
     if exact and not p.passed:
         raise FineDeployError(
             f"the full plan should reproduce the source model {source} but differs by rel. error {p.rel:.2e} "
-            f"(tolerance {tol:.0e}); nothing was written — re-convert the model or report a bug")
+            f"(PSNR {p.psnr_db:.1f} dB; bound {bound}); nothing was written — re-convert the model or report a bug")
     return rec

@@ -126,8 +126,20 @@ def engine_name(onnx_name: str) -> str:
     return str(Path(onnx_name).with_name(ENGINE).as_posix())
 
 
+def precision_flags(precisions: str | set[str]) -> dict[str, bool]:
+    """TensorRT builder flags for the precisions of an artifact. int8 is explicit quantization: the ONNX
+    carries the Q/DQ nodes and their scales and `--int8` lets TensorRT run them in int8; an all-int8 artifact
+    adds `--fp16` so the layers left unquantised (norms, softmax) pick fp16 kernels, as NVIDIA's Q/DQ guide
+    builds them, while int8 beside fp32 layers leaves it off so those stay fp32."""
+    kinds = {precisions} if isinstance(precisions, str) else set(precisions)
+    bad = sorted(kinds - {"fp32", "fp16", "bf16", "int8"})
+    if bad:
+        raise FineDeployError(f"no TensorRT builder flags for {bad[0]}; use fp32, fp16, bf16 or int8")
+    return {"fp16": "fp16" in kinds or kinds == {"int8"}, "bf16": "bf16" in kinds, "int8": "int8" in kinds}
+
+
 def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *, dynamic: bool, fp16: bool,
-                    int8: bool = False, workspace_mib: int = 4096) -> list[str]:
+                    int8: bool = False, bf16: bool = False, workspace_mib: int = 4096) -> list[str]:
     cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name(onnx_name)}",
            f"--timingCacheFile={TIMING_CACHE}",
            f"--memPoolSize=workspace:{workspace_mib}"]
@@ -136,6 +148,8 @@ def trtexec_command(onnx_name: str, profile: dict[str, dict[str, list[int]]], *,
                 f"--maxShapes={_spec(profile, 'max')}"]
     if fp16:
         cmd.append("--fp16")
+    if bf16:
+        cmd.append("--bf16")
     if int8:
         cmd.append("--int8")
     return cmd
@@ -145,7 +159,8 @@ _SCRIPT = '''#!/usr/bin/env python3
 """Build the TensorRT engine of every ONNX model of this bundle on THIS machine (written by fine-deploy export).
 
 TensorRT engines only run on the GPU model and TensorRT version that built them, so run this on the
-target device:  python3 build_engine.py  [--only unet/model.onnx] [--fp16/--no-fp16] [--int8] [--workspace-mib N]
+target device:  python3 build_engine.py  [--only unet/model.onnx] [--fp16/--no-fp16] [--bf16/--no-bf16]
+                [--int8/--no-int8] [--workspace-mib N]
 Each engine is written beside its ONNX file (model.onnx -> model.engine). Needs only the tensorrt Python
 package (JetPack ships it).
 """
@@ -165,18 +180,21 @@ def main():
     ap.add_argument("--only", choices=sorted(SETTINGS["engines"]), help="build one model's engine")
     ap.add_argument("--timing-cache", default=str(HERE / "__CACHE__"))
     ap.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=SETTINGS["fp16"])
-    ap.add_argument("--int8", action="store_true", help="needs Q/DQ nodes in the ONNX (no calibrator here)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=SETTINGS["bf16"])
+    ap.add_argument("--int8", action=argparse.BooleanOptionalAction, default=SETTINGS["int8"],
+                    help="explicit quantization: runs the ONNX's Q/DQ nodes in int8 (no calibrator here)")
     ap.add_argument("--workspace-mib", type=int, default=SETTINGS["workspace_mib"])
     args = ap.parse_args()
     for onnx_name, spec in sorted(SETTINGS["engines"].items()):
         if args.only in (None, onnx_name):
-            rc = build(args, str(HERE / onnx_name), str(HERE / spec["engine"]), spec["profile"])
+            rc = build(args, str(HERE / onnx_name), str(HERE / spec["engine"]), spec["profile"],
+                       int8=args.int8 and spec.get("int8", True))
             if rc:
                 return rc
     return 0
 
 
-def build(args, onnx_path, engine_path, shapes):
+def build(args, onnx_path, engine_path, shapes, int8):
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
@@ -191,7 +209,9 @@ def build(args, onnx_path, engine_path, shapes):
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args.workspace_mib << 20)
     if args.fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    if args.int8:
+    if args.bf16:
+        config.set_flag(trt.BuilderFlag.BF16)
+    if int8:  # only graphs with Q/DQ nodes: without them TensorRT would need a calibrator's ranges
         config.set_flag(trt.BuilderFlag.INT8)
     cache_path = Path(args.timing_cache)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
@@ -220,11 +240,13 @@ if __name__ == "__main__":
 '''
 
 
-def build_script(profiles: dict[str, dict[str, dict[str, list[int]]]], *, fp16: bool,
-                 workspace_mib: int = 4096) -> str:
-    """The bundle's build script: one engine per ONNX file (`profiles`: ONNX path -> its inputs' shapes)."""
-    engines = {name: {"engine": engine_name(name), "profile": p} for name, p in profiles.items()}
-    settings = {"engines": engines, "fp16": fp16, "workspace_mib": workspace_mib}
+def build_script(profiles: dict[str, dict[str, dict[str, list[int]]]], *, fp16: bool, int8: bool = False,
+                 bf16: bool = False, workspace_mib: int = 4096, int8_models: set[str] | None = None) -> str:
+    """The bundle's build script: one engine per ONNX file (`profiles`: ONNX path -> its inputs' shapes);
+    with `int8`, the INT8 flag goes to the graphs in `int8_models` (all when None), those with Q/DQ nodes."""
+    engines = {name: {"engine": engine_name(name), "profile": p,
+                      "int8": int8 and (int8_models is None or name in int8_models)} for name, p in profiles.items()}
+    settings = {"engines": engines, "fp16": fp16, "bf16": bf16, "int8": int8, "workspace_mib": workspace_mib}
     return _SCRIPT.replace("__SETTINGS__", json.dumps(settings, indent=2, sort_keys=True)).replace(
         "__CACHE__", TIMING_CACHE)
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from fine_deploy.cost.precisions import DEFAULT as DEFAULT_PRECISION
+from fine_deploy.cost.precisions import PRECISIONS
 from fine_deploy.cost.shapes import FORMS
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
@@ -26,6 +28,9 @@ class Plan:
     subnet: dict[str, Any]  # SubnetConfig json: {"ranks": {type: r}, "widths": {knob: c}, "depth": n | None}
     # kernel form per factorised matrix (layer) name; a layer left out is "dense"
     kernels: dict[str, str] = field(default_factory=dict)
+    # precision per layer name, type name or "*" (every layer); see `precision_of`. Absent (plans written
+    # before the field) means fp32 everywhere, so schema 1 still describes every plan.
+    precision: dict[str, str] = field(default_factory=dict)
     profile: dict[str, Any] = field(default_factory=dict)  # {"device", "resolved", "sha256", "lut", "lut_sha256"}
     budget: dict[str, Any] = field(default_factory=dict)  # {"mem_bytes", "latency_s", "steps", "batch", ...}
     inputs: dict[str, Any] = field(default_factory=dict)  # {"batch": 1, "resolution": 16}
@@ -40,7 +45,10 @@ class Plan:
         return self.kernels.get(layer, "dense")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["precision"]:
+            del d["precision"]  # an fp32 plan reads exactly as before the field existed
+        return d
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_json())
@@ -57,6 +65,12 @@ class Plan:
         if bad:
             k, v = next(iter(bad.items()))
             raise FineDeployError(f"{where}: kernel form {v!r} for {k!r} is not one of {', '.join(KERNEL_FORMS)}")
+        require(dict_of(plan.precision, str), where, "precision must map layer/type names or \"*\" to precisions",
+                fix)
+        bad = {k: v for k, v in plan.precision.items() if v not in PRECISIONS}
+        if bad:
+            k, v = next(iter(bad.items()))
+            raise FineDeployError(f"{where}: precision {v!r} for {k!r} is not one of {', '.join(PRECISIONS)}")
         sub = plan.subnet
         require(set(sub) <= {"ranks", "widths", "depth"}, where,
                 f"subnet has unknown knob(s) {sorted(set(sub) - {'ranks', 'widths', 'depth'})}", fix)
@@ -79,6 +93,17 @@ class Plan:
 
 
 _FIELDS = {f.name for f in fields(Plan)}
+
+
+def precision_of(plan: Plan, layer_name: str, type_name: str | None = None) -> str:
+    """The precision `plan` gives one layer: its own entry, else its type's, else "*", else fp32.
+
+    The one reading of plan.json's `precision` map; every exporter asks it per layer."""
+    table = plan.precision
+    for key in (layer_name, type_name, "*"):
+        if key is not None and key in table:
+            return table[key]
+    return DEFAULT_PRECISION
 
 
 def supernet_for_plan(plan: Plan, override: str | Path | None = None):

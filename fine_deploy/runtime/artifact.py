@@ -31,6 +31,15 @@ class Artifact:
     declared_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     manifest: dict[str, Any] | None = None
 
+    @property
+    def precision(self) -> str | None:
+        """The precision the export wrote (manifest options; exports older than the field: fp16 or fp32), None
+        for a bare model file."""
+        if self.manifest is None:
+            return None
+        options = self.manifest.get("options") or {}
+        return options.get("precision") or ("fp16" if options.get("fp16") else "fp32")
+
 
 def _model_files(directory: Path) -> list[Path]:
     return sorted(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,3 +108,14 @@ def fraction(data: ImageSet, frac: float, seed: int) -> ImageSet:
     n = max(1, int(round(len(data) * frac)))
     perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     return data.subset(perm[:n])
+
+
+def recipe_calibration(sn: Any, resolution: int) -> torch.Tensor | None:
+    """The images a supernet was trained on, where they can be loaded here (static int8's calibration data
+    when no --calib is given): "digits", or an image folder that still exists; None otherwise."""
+    prov = sn.spec.provenance or {}
+    source = (prov.get("data") or {}).get("source") or ((prov.get("recipe") or {}).get("data") or {}).get("source")
+    if not isinstance(source, str) or (source != "digits" and not Path(source).is_dir()):
+        return None
+    channels = int(sn.spec.config.get("in_channels", 1))
+    return load_images(source, resolution, channels).images
