@@ -76,7 +76,7 @@ def main() -> int:
     from fine_deploy.planner.predict import load_predictor
     from fine_deploy.planner.schema import Plan
     from fine_deploy.planner.space import best_forms, evaluate
-    from fine_deploy.supernet.core import example_inputs, load_supernet
+    from fine_deploy.supernet.core import load_supernet
 
     wall = wall_times(5)
     print(f"plan wall time on the default: cold {wall['cold_s']:.2f} s, warm median {wall['warm_median_s']:.3f} s "
@@ -96,7 +96,7 @@ def main() -> int:
         full_vals = space.full_assignment()
         full = evaluate(space, full_vals, best_forms(space, full_vals)).latency_s
         budgets = [float(b) for b in np.linspace(fast, full, args.budgets)]
-        inputs = example_inputs(sn.spec.backbone, sn.spec.config, 4, None, 999)  # not the proxy's seed
+        inputs = sn.adapter.example_inputs(sn.spec.config, 4, None, 999)  # not the proxy's seed
         y_full = sn.subnet(sn.full_config())(**inputs).sample.double()
         rows, dirs = [], []
         for i, b in enumerate(budgets):
