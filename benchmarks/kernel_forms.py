@@ -103,7 +103,9 @@ def bench_model(name: str, model, work: Path, quick: bool, repeats: int, superne
     t0 = time.perf_counter()
     sn = supernets[name] = model_to_supernet(model, max_rank=256, als_iters=3)
     sn_dir = sn.save(work / f"{name}-supernet")
-    config = SubnetConfig({t.name: max(1, min(t.m1, t.m2) // 2) for t in sn.types})
+    # the rank option nearest half of min(m1, m2): plans (and export) accept only a type's rank options
+    config = SubnetConfig({t.name: min(t.rank_options, key=lambda r, t=t: (abs(r - min(t.m1, t.m2) // 2), r))
+                           for t in sn.types})
     chosen, why = per_layer_choice(sn, config, work / f"{name}-lut.json", quick)
     variants = {f: uniform_kernels(sn, config, f) for f in FORMS}
     variants["per_layer"] = chosen
