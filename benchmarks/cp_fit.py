@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import provenance
 from rich.console import Console
 from rich.table import Table
 
@@ -75,7 +76,8 @@ def main() -> None:
                         f"{r['per_layer_svd_err']:.4f} ({r['per_layer_svd_rank']})")
     Console(width=140).print(tab)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"schema": 1, "benchmark": "cp_fit", "cases": results}, indent=2) + "\n")
+    record = {"schema": 1, "benchmark": "cp_fit", "provenance": provenance(args), "cases": results}
+    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {args.json}")
 
 

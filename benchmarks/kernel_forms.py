@@ -11,7 +11,7 @@ Timing: ONNX Runtime CPU, 1 intra-op thread, spinning off, the calling thread's 
 the minimum over rounds x runs, variants interleaved round by round; the whole comparison is
 repeated REPEATS times and the spread reported. Target: per-layer <= 1.02 x best uniform.
 
-    python benchmarks/kernel_forms.py [--quick] [--json benchmarks/results/kernels.json]
+    python benchmarks/kernel_forms.py [--quick] [--json benchmarks/results/kernel_forms.json]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import provenance
 
 from fine_deploy.cost.graphs import LayerChoice
 from fine_deploy.cost.profiler import profile
@@ -98,11 +99,13 @@ def time_variants(dirs: dict[str, Path], quick: bool, repeats: int) -> dict[str,
     return out
 
 
-def bench_model(name: str, model, work: Path, quick: bool, repeats: int) -> dict:
+def bench_model(name: str, model, work: Path, quick: bool, repeats: int, supernets: dict) -> dict:
     t0 = time.perf_counter()
-    sn = model_to_supernet(model, max_rank=256, als_iters=3)
+    sn = supernets[name] = model_to_supernet(model, max_rank=256, als_iters=3)
     sn_dir = sn.save(work / f"{name}-supernet")
-    config = SubnetConfig({t.name: max(1, min(t.m1, t.m2) // 2) for t in sn.types})
+    # the rank option nearest half of min(m1, m2): plans (and export) accept only a type's rank options
+    config = SubnetConfig({t.name: min(t.rank_options, key=lambda r, t=t: (abs(r - min(t.m1, t.m2) // 2), r))
+                           for t in sn.types})
     chosen, why = per_layer_choice(sn, config, work / f"{name}-lut.json", quick)
     variants = {f: uniform_kernels(sn, config, f) for f in FORMS}
     variants["per_layer"] = chosen
@@ -130,13 +133,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "kernels.json")
+    ap.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "kernel_forms.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    results = []
+    results, supernets = [], {}
     with tempfile.TemporaryDirectory(prefix="kernels-bench-") as tmp:
         for name, model in models().items():
-            results.append(bench_model(name, model, Path(tmp), args.quick, args.repeats))
+            results.append(bench_model(name, model, Path(tmp), args.quick, args.repeats, supernets))
+        # saved in the temporary folder only: the paths say where they were, the hashes what they were
+        prov = provenance(args, supernets, **{f"lut_{n}": Path(tmp) / f"{n}-lut.json" for n in supernets})
     from fine_deploy.runtime.backends import runtime_versions
 
     print(f"{'model':<12} {'variant':<13} {'latency ms (min..max of repeats)':<34} {'weight KiB':>10}")
@@ -152,7 +157,8 @@ def main() -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     from fine_deploy.fileio import atomic_write_json
 
-    atomic_write_json(args.json, {"schema": 1, "benchmark": "kernels", "quick": args.quick, "repeats": args.repeats,
+    atomic_write_json(args.json, {"schema": 1, "benchmark": "kernel_forms", "provenance": prov,
+                                  "quick": args.quick, "repeats": args.repeats,
                                   "margin": MARGIN, "target": TARGET, "versions": runtime_versions(),
                                   "results": results})
     print(f"wrote {args.json}")

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from conftest import dit_inputs, make_dit, make_unet, run, unet_inputs  # noqa: E402
+from conftest import DIT_CFG, UNET_CFG, dit_inputs, make_dit, make_unet, run, unet_inputs  # noqa: E402
+from provenance import provenance  # noqa: E402
 
 from fine_deploy.supernet.convert import model_to_supernet, stacked_weights  # noqa: E402
 from fine_deploy.supernet.core import SubnetConfig  # noqa: E402
@@ -33,9 +34,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def bench_backbone(name: str, model, inputs, console: Console) -> dict:
+def bench_backbone(name: str, model, inputs, console: Console, supernets: dict) -> dict:
     t0 = time.perf_counter()
-    sn = model_to_supernet(model)
+    sn = supernets[name] = model_to_supernet(model)
     fit_s = time.perf_counter() - t0
     ref = run(model, inputs)
     wts = {t.name: t for t in find_types(model)}
@@ -73,12 +74,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     console = Console(width=140)
+    supernets: dict = {}  # converted in memory here, never saved: their paths are null
+    dit = bench_backbone("DiTTransformer2DModel", make_dit(), dit_inputs(), console, supernets)
+    unet = bench_backbone("UNet2DModel", make_unet(), unet_inputs(), console, supernets)
     out = {
         "schema": 1,
         "benchmark": "rank_error",
+        "provenance": provenance(args, supernets, dit_config=DIT_CFG, unet_config=UNET_CFG),
         "note": "tiny randomly initialised backbones (tests/conftest.py); random weights share little structure",
-        "dit": bench_backbone("DiTTransformer2DModel", make_dit(), dit_inputs(), console),
-        "unet": bench_backbone("UNet2DModel", make_unet(), unet_inputs(), console),
+        "dit": dit,
+        "unet": unet,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import git_commit
+from provenance import git_commit, provenance
 
 MODELS = {
     # DiT-XL/2 (Peebles & Xie): 28 blocks, width 1152, 16 heads, 256x256 images -> 32x32x4 latents
@@ -132,7 +132,9 @@ def run_model(key: str, work: Path, mem: str, old: dict | None = None) -> dict:
     if s["plan_cold"]["rc"]:
         return out
     s["plan_warm"] = step([*plan_args, "-o", d / "plan_warm.json"], env, d / "plan_warm.log")
-    full = json.loads((d / "plan_cold.json").read_text())["predicted"]["latency_s"]
+    cold = json.loads((d / "plan_cold.json").read_text())
+    out["supernet"] = {"path": str(sn), "sha256": cold["supernet"]["sha256"]}  # hashed by plan, not reloaded here
+    full = cold["predicted"]["latency_s"]
     budget_ms = round(0.6 * full * 1e3, 3)
     print(f"[{key}] plan (latency {budget_ms} ms) ...", flush=True)
     s["plan_bound"] = step([*plan_args, "--latency", f"{budget_ms}ms", "-o", d / "plan_bound.json"], env,
@@ -225,7 +227,9 @@ def run_pipeline(key: str, work: Path, old: dict | None = None) -> dict:
             s[name] = step(["plan", "--device", device, "--mem", mem, "--offload", offload, "--supernet", sn,
                             "-o", d / f"{name}.json"], env, d / f"{name}.log")
         if s[name]["rc"] == 0:
-            pr = json.loads((d / f"{name}.json").read_text())["predicted"]
+            doc = json.loads((d / f"{name}.json").read_text())
+            out["supernet"] = {"path": str(sn), "sha256": doc["supernet"]["sha256"]}
+            pr = doc["predicted"]
             out["plans"][name] = {"memory_bytes": pr["memory_bytes"],
                                   "denoiser_memory_bytes": pr["denoiser_memory_bytes"],
                                   "memory_share": pr["pipeline"]["memory_share"],
@@ -309,9 +313,11 @@ def main() -> None:
         results[key] = (run_pipeline(key, work, results.get(key)) if key in PIPELINES
                         else run_model(key, work, args.mem, results.get(key)))
         configs = {**MODELS, **PIPELINES}
-        record = {"schema": 1, "benchmark": "real_size", "git_commit": git_commit(), "args": vars(args),
-                  "inputs": {k: hashlib.sha256(json.dumps(configs[k], sort_keys=True).encode()).hexdigest()[:16]
-                             for k in results},
+        inputs = {k: hashlib.sha256(json.dumps(configs[k], sort_keys=True).encode()).hexdigest()[:16] for k in results}
+        # a model's results may come from an earlier run (--models re-runs some): its steps carry their commits
+        prov = provenance(args, {k: r.get("supernet") for k, r in results.items()}, **inputs)
+        record = {"schema": 1, "benchmark": "real_size", "provenance": prov, "git_commit": prov["git_commit"],
+                  "args": prov["args"], "inputs": inputs,
                   "protocol": "one CLI process per step, wall clock, peak RSS of that process; 2-core shared host",
                   "targets": TARGETS, "results": [results[k] for k in configs if k in results]}
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from provenance import git_commit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
@@ -281,8 +281,10 @@ def main() -> None:
     inputs = {"teacher_weights_sha256": sha256_file(weights),
               "recipe_sha256": hashlib.sha256(json.dumps(recipe.to_json(), sort_keys=True).encode()).hexdigest(),
               "digits_sha256": hashlib.sha256(load_images("digits", 16, 1).images.numpy().tobytes()).hexdigest()}
+    prov = provenance(args, {"converted": sn, "recovered": rec, "recovered_datafree": rec_free}, **inputs)
     record = {
-        "schema": 1, "benchmark": "recovery", "git_commit": git_commit(), "args": vars(args), "inputs": inputs,
+        "schema": 1, "benchmark": "recovery", "provenance": prov, "git_commit": prov["git_commit"],
+        "args": prov["args"], "inputs": inputs,
         "command": "python benchmarks/recovery.py " + " ".join(sys.argv[1:]),
         "metric": "relative output MSE vs the dense teacher, fixed noisy held-out digits (270 images x 2 draws)",
         "teacher": tinfo,

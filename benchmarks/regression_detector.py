@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from provenance import provenance
 
 from fine_deploy.bench.report import build_report
 from fine_deploy.bench.run import bench
@@ -48,13 +49,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONDITIONS = {"A/A": 0, "+10%": 2, "+5%": 1}  # extra MatMuls over A's depth
 TARGETS = {"A/A false alarms": ("<=", 0.01), "+10% caught": (">=", 0.95), "+5% caught": (">=", 0.80),
            "inconclusive share": ("<=", 0.10)}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return "unknown"
 
 
 def _load() -> list[float]:
@@ -252,12 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     from fine_deploy.runtime import machine_fingerprint
 
     all_loads = [x[0] for x in separate["load_samples"] + inrun["load_samples"]]
+    prov = provenance(args, None, **{f"model {c}": h for c, h in hashes.items()})
     result = {
         "schema": 2,
         "kind": "fine-deploy/regression-detector",
+        "provenance": prov,
         "started": started,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
+        "git_commit": prov["git_commit"],
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "args": vars(args),
         "model_sha256": hashes,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from provenance import provenance
 from torch import nn
 from torch.func import functional_call
 
@@ -254,7 +255,9 @@ def main() -> None:
                                            **evaluate(rand, heldout, real, clf, args, cfg_a)}
 
     result = {
-        "schema": 1, "benchmark": "training_quality", "recipe": args.recipe, "pretrain_steps": args.steps,
+        # every model here is trained in this process from the recipe: no saved supernet to hash
+        "schema": 1, "benchmark": "training_quality", "provenance": provenance(args, None, recipe=recipe.to_json()),
+        "recipe": args.recipe, "pretrain_steps": args.steps,
         "retrain": {"steps": args.retrain_steps, "data_fraction": args.retrain_fraction, "lr": args.retrain_lr,
                     "images": len(retrain_data)},
         "dense_params": dense_total, "target_params": target, "fine_full_before_retrain": fine_full,

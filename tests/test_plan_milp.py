@@ -2,7 +2,8 @@
 
 The synthetic spaces have what the real ones have: a width knob that changes the shapes a rank acts
 on (so layer costs are not additive over knobs), a depth knob that drops layers, shared bases held once
-per type, activation peaks (a max, not a sum) and forbidden knob pairs. Brute force prices every
+per type, activation peaks (a max, not a sum), forbidden knob pairs and dense bytes held only when two
+knob values are chosen together (one adding, one taking away). Brute force prices every
 assignment straight from the tables (`evaluate`), so it also checks the linearisation.
 """
 
@@ -56,7 +57,9 @@ def synthetic_space(seed: int, n_types: int = 2, layers_per_type: int = 2) -> Sp
                     opts.append(LayerOption(combo, form, r, lat, own, rng.uniform(100, 300) * m / 16, basis))
             layers.append(LayerSpace(f"b{j}.t{t}", f"t{t}", (f"rank.t{t}", *wk), opts, j))
     forbidden = [(("rank.t0", 2), ("width.s1", 8))] if seed % 3 == 0 else []
-    return Space(knobs, layers, bases, const_latency_s=1e-6, const_bytes=100.0, forbidden=forbidden)
+    pairs = [(("width.s1", 8), ("depth", 1), 25.0), (("width.s1", 16), ("depth", 2), -40.0)]
+    return Space(knobs, layers, bases, const_latency_s=1e-6, const_bytes=20.0, dense_bytes=80.0, pair_bytes=pairs,
+                 forbidden=forbidden)
 
 
 def brute_force(space: Space, objective: str, limits: Limits) -> float | None:
@@ -100,6 +103,8 @@ def test_milp_equals_brute_force(seed):
         assert sol.ok, (objective, sol.status)
         assert within(sol.evaluation, limits)
         assert sol.evaluation.feasible
+        parts = sol.evaluation.parts
+        assert min(parts.values()) >= 0 and sum(parts.values()) == pytest.approx(sol.evaluation.memory_bytes)
         assert _value(sol, objective) == pytest.approx(want, rel=1e-6, abs=1e-12), objective
         assert sol.figures["mip_gap"] <= 1e-9
 
@@ -132,6 +137,22 @@ def test_depth_drops_layers_and_their_cost():
     shallow = evaluate(space, shallow_values, best_forms(space, shallow_values))
     assert set(shallow.forms) == {"b0.t0", "b0.t1"}
     assert shallow.latency_s < deep.latency_s
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pair_bytes_count_only_together(seed):
+    """Pairs large enough to decide the plan: the MILP must hold a pair's bytes iff both values are chosen."""
+    space = synthetic_space(seed)
+    space.dense_bytes = 5000.0
+    space.pair_bytes = [(("width.s1", 16), ("depth", 2), -3000.0), (("width.s1", 8), ("depth", 1), 3000.0)]
+    want = brute_force(space, "memory", Limits())
+    got = solve(space, "memory")
+    assert got.ok and got.evaluation.memory_bytes == pytest.approx(want, rel=1e-9)
+    rng = random.Random(seed)
+    for objective, limits in _limits(space, rng).items():
+        want = brute_force(space, objective, limits)
+        sol = solve(space, objective, limits)
+        assert (sol.status == "infeasible") if want is None else _value(sol, objective) == pytest.approx(want, rel=1e-6)
 
 
 def test_deterministic_solution():

@@ -170,40 +170,55 @@ def _param_bytes(sn, bpe: int) -> tuple[dict[str, int], dict[int, int]]:
     return outside, per_block
 
 
-def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, list[float]]:
-    """Change of dense parameter bytes per width value (negative: the slice drops channels)."""
+def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, Any]:
+    """Change of dense parameter bytes per width value, and per pair of width values taken together.
+
+    Counted on the sliced stock module itself, so tensors only a slice has (a 1x1 shortcut between stages
+    whose widths became different) count too. A tensor has at most two channel axes, so its size is
+    quadratic in the widths: one delta per knob value plus one correction per pair of values of two knobs
+    is exact (a tensor whose rows one knob cuts and columns another cuts loses less than the two single
+    cuts add up to). With three knobs or more, that no three-way term exists is checked at the narrowest
+    joint choice.
+    """
+    out: dict[str, Any] = {"knobs": {}, "pairs": []}
     if not knobs:
-        return {}
+        return out
     model = sn.subnet(sn.full_config())
-    params = dict(model.named_parameters())
-    dense = set(sn.spec.dense)
-    out = {}
-    for k, values in knobs.items():
-        row = []
-        for v in values:
-            if v == max(values):
-                row.append(0.0)
-                continue
-            index = sn.adapter.width_index_map(model, {k: v}, sn.spec.widths["orders"])
-            delta = 0
-            for pname, dims in index.items():
-                if pname not in dense:
-                    continue
-                full = list(params[pname].shape)
-                new = list(full)
-                for d, kept in dims.items():
-                    new[d] = len(kept)
-                delta += (_prod(new) - _prod(full)) * bpe
-            row.append(float(delta))
-        out[k] = row
+    factorised = {n for n, _ in model.named_parameters()} - set(sn.spec.dense)
+    orders = sn.spec.widths["orders"]
+
+    def dense(widths: dict[str, int]) -> int:
+        sliced = sn.adapter.slice_widths(model, widths, orders) if widths else model
+        return sum(p.numel() for n, p in sliced.named_parameters() if n not in factorised) * bpe
+
+    base = dense({})
+    cut = {k: [v for v in values if v != max(values)] for k, values in knobs.items()}
+    single = {(k, v): dense({k: v}) for k, vs in cut.items() for v in vs}
+    out["knobs"] = {k: [0.0 if v == max(values) else float(single[(k, v)] - base) for v in values]
+                    for k, values in knobs.items()}
+    for a, b in itertools.combinations(knobs, 2):
+        for va in cut[a]:
+            for vb in cut[b]:
+                try:
+                    extra = dense({a: va, b: vb}) - single[(a, va)] - single[(b, vb)] + base
+                except FineDeployError:
+                    continue  # widths that cannot coexist (a forbidden pair)
+                if extra:
+                    out["pairs"].append([a, va, b, vb, float(extra)])
+    if len(knobs) > 2:  # with two knobs the pairs are every joint choice; with more, 3-way terms are assumed 0
+        narrow = {k: min(v) for k, v in knobs.items()}
+        try:
+            got = dense(narrow)
+        except FineDeployError:
+            got = None
+        want = base + sum(out["knobs"][k][0] for k in knobs) + sum(
+            p[4] for p in out["pairs"] if narrow[p[0]] == p[1] and narrow[p[2]] == p[3])
+        if got is not None and got != want:
+            raise FineDeployError(
+                f"dense parameter bytes of this supernet do not add up across width knobs ({got} at the narrowest "
+                f"widths, {want} from single and paired cuts); restrict the width options of the supernet"
+            )
     return out
-
-
-def _prod(xs: list[int]) -> int:
-    n = 1
-    for x in xs:
-        n *= x
-    return n
 
 
 def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int = 1,
@@ -217,10 +232,12 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
         knobs.append(Knob(f"rank.{t.name}", "rank", t.name, opts,
                           [float(sensitivity["ranks"][t.name][str(r)]) for r in opts]))
     cache = _Cache(sn, batch, resolution)
-    width_dense = cache.get(f"width_dense_bytes {bpe}", lambda: _width_dense_bytes(sn, width_knobs, bpe))
+    # v2: measured on the sliced module, with paired cuts (v1 summed single cuts of the full tensors)
+    width_dense = cache.get(f"width_dense_bytes v2 {bpe}", lambda: _width_dense_bytes(sn, width_knobs, bpe))
     for k, opts in width_knobs.items():
         knobs.append(Knob(f"width.{k}", "width", k, opts,
-                          [float(sensitivity["widths"][k][str(w)]) for w in opts], bytes=width_dense[k]))
+                          [float(sensitivity["widths"][k][str(w)]) for w in opts], bytes=width_dense["knobs"][k]))
+    pairs = [((f"width.{a}", va), (f"width.{b}", vb), nbytes) for a, va, b, vb, nbytes in width_dense["pairs"]]
     outside, per_block = _param_bytes(sn, bpe)
     depth_opts = sorted(sn.spec.depth.get("options") or [])
     if depth_opts:
@@ -279,7 +296,9 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
         layers=layers,
         bases=bases,
         const_latency_s=const_latency,
-        const_bytes=float(dense_const + cost.profile.runtime_overhead_bytes),
+        const_bytes=float(cost.profile.runtime_overhead_bytes),
+        dense_bytes=float(dense_const),
+        pair_bytes=pairs,
         forbidden=forbidden,
         notes={**notes, "end_to_end_calibration": bool(cal), "dense_bytes": dense_const,
                "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},

@@ -2,10 +2,11 @@
 
 Variables: x[k, v] = 1 when knob k takes value v (one per knob); z[l, o] = 1 when layer l runs option
 o (its knobs' joint value x kernel form; all zero when the depth knob drops the layer); b[K] = 1 when
-shared basis K is held; a = the largest activation footprint of any layer. A layer's option must agree
-with every knob it depends on (sum of z over options with k = v <= x[k, v]) and the layer exists iff
-depth > its block (sum of z = sum of x[depth, v] over v > block), which makes the per-layer tables of
-a joint choice exact for every integer solution: interactions are enumerated, not approximated.
+shared basis K is held; p[i] = 1 when both knob values of dense-bytes pair i are chosen; a = the largest
+activation footprint of any layer. A layer's option must agree with every knob it depends on (sum of z
+over options with k = v <= x[k, v]) and the layer exists iff depth > its block (sum of z = sum of
+x[depth, v] over v > block), which makes the per-layer tables of a joint choice exact for every integer
+solution: interactions are enumerated, not approximated.
 
 The objective is lexicographic: the primary one (quality loss, latency or memory) to optimality
 (relative gap 0), then a secondary one with the primary held at its optimum, so equal-loss plans are
@@ -63,6 +64,8 @@ class _Model:
                 self.col[("z", li, oi)] = len(self.col)
         for key in sorted(space.bases):
             self.col[("b", key)] = len(self.col)
+        for pi in range(len(space.pair_bytes)):
+            self.col[("p", pi)] = len(self.col)
         self.col[("a",)] = len(self.col)
         self.n = len(self.col)
         self.integrality = np.array([1 if key[0] in ("x", "z") else 0 for key in self.col], dtype=np.uint8)
@@ -90,12 +93,14 @@ class _Model:
                 for oi, o in enumerate(layer.options):
                     c[self.col[("z", li, oi)]] = o.latency_s
         elif what == "memory":
-            const = sp.const_bytes
+            const = sp.const_bytes + sp.dense_bytes
             for li, layer in enumerate(sp.layers):
                 for oi, o in enumerate(layer.options):
                     c[self.col[("z", li, oi)]] = o.weight_bytes
             for key, nbytes in sp.bases.items():
                 c[self.col[("b", key)]] = nbytes
+            for pi, (*_, nbytes) in enumerate(sp.pair_bytes):
+                c[self.col[("p", pi)]] = nbytes
             # a is kept in units of the full model's memory (see the activation rows)
             c[self.col[("a",)]] = self.ref["memory"]
         ref = self.ref[what]
@@ -110,6 +115,12 @@ class _Model:
             self._row({self.col[("x", k.name, v)]: 1.0 for v in k.options}, 1.0, 1.0)
         for (ka, va), (kb, vb) in sp.forbidden:
             self._row({self.col[("x", ka, va)]: 1.0, self.col[("x", kb, vb)]: 1.0}, -np.inf, 1.0)
+        for pi, ((ka, va), (kb, vb), _) in enumerate(sp.pair_bytes):
+            # p = x[a, va] AND x[b, vb], exact for integral x whatever the sign of its bytes
+            p, xa, xb = self.col[("p", pi)], self.col[("x", ka, va)], self.col[("x", kb, vb)]
+            self._row({xa: 1.0, xb: 1.0, p: -1.0}, -np.inf, 1.0)
+            self._row({p: 1.0, xa: -1.0}, -np.inf, 0.0)
+            self._row({p: 1.0, xb: -1.0}, -np.inf, 0.0)
         depth = next((k for k in sp.knobs if k.name == "depth"), None)
         a_col = self.col[("a",)]
         for li, layer in enumerate(sp.layers):

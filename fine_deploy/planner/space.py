@@ -69,7 +69,12 @@ class Space:
     layers: list[LayerSpace]
     bases: dict[str, float] = field(default_factory=dict)  # shared-basis key -> bytes (held once)
     const_latency_s: float = 0.0
-    const_bytes: float = 0.0
+    const_bytes: float = 0.0  # what every subnet holds that is no parameter (the runtime's own memory)
+    # dense (not factorised) parameter bytes that the knobs' `bytes` add to (depth) or take from (width cuts)
+    dense_bytes: float = 0.0
+    # dense bytes held only when two knob values are chosen together: a tensor whose two axes two width
+    # knobs cut loses less than the two single cuts add up to, and a width clash can add a shortcut tensor
+    pair_bytes: list[tuple[tuple[str, int], tuple[str, int], float]] = field(default_factory=list)
     # pairs of (knob, value) that cannot be chosen together (a width clash that drops a shortcut)
     forbidden: list[tuple[tuple[str, int], tuple[str, int]]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -97,7 +102,10 @@ class Evaluation:
     latency_s: float
     memory_bytes: float
     forms: dict[str, str]
-    parts: dict[str, float] = field(default_factory=dict)  # memory split: weights, bases, dense, activations
+    # memory split, each >= 0 and summing to memory_bytes: weights (factorised layers, each in its form),
+    # bases (shared bases, once each), dense (the other parameters), activations (the largest layer's),
+    # runtime_overhead (the runtime's own)
+    parts: dict[str, float] = field(default_factory=dict)
 
 
 def layer_exists(layer: LayerSpace, values: dict[str, int]) -> bool:
@@ -127,13 +135,14 @@ def best_forms(space: Space, values: dict[str, int], objective: str = "latency")
 
 def evaluate(space: Space, values: dict[str, int], forms: dict[str, str]) -> Evaluation:
     """Loss, latency and memory of one assignment, straight from the tables (no linearisation)."""
-    loss = lat = nbytes = 0.0
+    loss = lat = 0.0
+    dense = space.dense_bytes
     for k in space.knobs:
         i = k.options.index(values[k.name])
         loss += k.loss[i]
         lat += k.latency_s[i]
-        nbytes += k.bytes[i]
-    dense = nbytes
+        dense += k.bytes[i]
+    dense += sum(n for (a, va), (b, vb), n in space.pair_bytes if values.get(a) == va and values.get(b) == vb)
     feasible = all(not (values.get(a) == va and values.get(b) == vb) for (a, va), (b, vb) in space.forbidden)
     weights = act = 0.0
     used_bases: set[str] = set()
@@ -153,10 +162,11 @@ def evaluate(space: Space, values: dict[str, int], forms: dict[str, str]) -> Eva
         if o.basis:
             used_bases.add(o.basis)
     bases = sum(space.bases[b] for b in used_bases)
-    total = nbytes + weights + bases + act + space.const_bytes
+    total = dense + weights + bases + act + space.const_bytes
     return Evaluation(
         feasible, loss, lat + space.const_latency_s, total, chosen,
-        {"weights": weights, "bases": bases, "dense": dense, "activations": act, "fixed": space.const_bytes},
+        {"weights": weights, "bases": bases, "dense": dense, "activations": act,
+         "runtime_overhead": space.const_bytes},
     )
 
 
