@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from steps import bench_medians, fine_deploy  # noqa: E402
 
 TARGET_WALL_S = 1.0
@@ -170,8 +170,7 @@ def main() -> int:
         "targets": {"wall_s": TARGET_WALL_S, "over": TARGET_OVER, "hit": TARGET_HIT, "median": TARGET_MEDIAN},
         "host_cores": os.cpu_count(), "load_average": loads, "profile_wall_s": profile_s,
         "protocol": "fine-deploy bench's statistic at the plans' protocol (benchmarks/steps.bench_medians)",
-        "provenance": {"git_commit": git_commit(), "args": {k: str(v) for k, v in vars(args).items()},
-                       "supernet": {"path": "default", "sha256": sn.content_hash}, "lut_sha256": lut_sha},
+        "provenance": {**provenance(args, "default"), "lut_sha256": lut_sha},
     })
     print(f"wrote {args.json}")
     ok = hit_rate >= TARGET_HIT and median_over >= TARGET_MEDIAN and wall["warm_median_s"] <= TARGET_WALL_S

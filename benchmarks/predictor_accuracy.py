@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from steps import bench_medians, fine_deploy  # noqa: E402
 
 TOL, TARGET = 0.10, 0.95
@@ -185,9 +185,9 @@ def main() -> int:
 
     atomic_write_json(args.json, {
         "benchmark": "predictor_accuracy", "schema": 2, "ok": ok,
-        "provenance": {"git_commit": git_commit(), "args": {k: str(v) for k, v in vars(args).items()},
-                       "supernet": {"path": "default", "sha256": results[0]["supernet"]["sha256"]},
-                       "lut_sha256": results[0]["lut_sha256"]},
+        "provenance": provenance(args, {r["supernet"]["name"]: {"path": r["supernet"]["path"],
+                                                                 "sha256": r["supernet"]["sha256"]} for r in results},
+                                 None, **{f"lut_{r['supernet']['name']}": r["lut_sha256"] for r in results}),
         "protocol": {"truth": "fine-deploy bench (fine_deploy.bench.run.bench) at the plans' protocol: 1 intra-op "
                               "thread, median wall time of 150 runs in turns of 10, a supernet's subnets interleaved; "
                               "mean of two passes", "tolerance": TOL,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import git_commit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from steps import fine_deploy as cli  # noqa: E402
 
 TARGET_OVER, TARGET_HITS, TARGET_MEDIAN = 1.05, 4, 0.85
@@ -152,18 +152,12 @@ def main() -> int:
           f"(targets >= {TARGET_HITS}/5, median >= {TARGET_MEDIAN}); load average {load}")
 
     from fine_deploy.fileio import atomic_write_json
-    from fine_deploy.supernet.core import load_supernet
 
-    sn = load_supernet(None)
     lut = work / "cache" / "measured" / "host-onnxruntime-cpu.json"
-    from fine_deploy.fileio import sha256_file
 
     atomic_write_json(args.json, {
         "benchmark": "user_walk", "schema": 1, "ok": ok,
-        "provenance": {"git_commit": git_commit(), "args": vars(args) | {"json": str(args.json),
-                                                                          "work": str(work)},
-                       "supernet": {"path": "default", "sha256": sn.content_hash},
-                       "lut_sha256": sha256_file(lut) if lut.exists() else None},
+        "provenance": provenance(vars(args) | {"work": str(work)}, "default", lut if lut.exists() else None),
         "protocol": {"tool": "plain onnxruntime loop in this script", "threads": threads, "runs": args.runs,
                      "statistic": "median wall time (perf_counter) of one run",
                      "order": "interleaved, turns of 10 runs",
