@@ -261,3 +261,20 @@ def test_proxy_over_its_time_budget_measures_less_and_fills_every_value(which, r
             assert got[str(r)] == pytest.approx(got[str(mid)] * w[str(r)] ** 2 / w[str(mid)] ** 2, rel=1e-9)
     if which == "dit":
         assert set(cheap["depth"]) == {str(d) for d in sn.spec.depth["options"]}
+
+
+def test_plan_of_a_four_stage_unet_runs_its_proxy_above_1x1(tmp_path):
+    """Regression: the quality proxy ran a 4-stage UNet at 8 px, where the deepest map is 1x1 and a width cut to
+    one channel per GroupNorm group left one value to normalise (torch refused; plan crashed)."""
+    import torch
+    from diffusers import UNet2DModel
+
+    from fine_deploy.supernet.convert import convert
+
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32, 32, 32),
+                norm_num_groups=8, down_block_types=("DownBlock2D",) * 4,
+                up_block_types=("UpBlock2D",) * 4).eval().save_pretrained(tmp_path / "src")
+    convert(tmp_path / "src", tmp_path / "sn")
+    p = plan("host", "1GB", supernet=tmp_path / "sn", output=tmp_path / "plan.json", show=False)
+    assert p.subnet["widths"] and (tmp_path / "plan.json").is_file()

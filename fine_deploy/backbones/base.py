@@ -237,12 +237,16 @@ class Adapter:
 
     def proxy_resolution(self, config: dict[str, Any]) -> int | None:
         """Where the data-free quality proxy runs: a quarter of the side where the model takes other sizes
-        (relative errors of convolutions barely move with the side; the cost falls 16x), else its own."""
+        (relative errors of convolutions barely move with the side; the cost falls 16x), else its own.
+
+        At least twice the stride, so the deepest feature map keeps 2x2 values: at 1x1 a width cut to one
+        channel per GroupNorm group leaves it one value to normalise, which torch refuses (a 4-stage UNet at 32 px).
+        """
         exact, _, step, _ = self.resolution_options(config)
         if exact is not None:
             return None
         native = int(config["sample_size"])
-        return max(step, native // 4 - (native // 4) % step)
+        return min(max(native, step), max(2 * step, native // 4 - (native // 4) % step))
 
     def check_resolution(self, config: dict[str, Any], resolution: int | None, flag: str = "--resolution") -> int:
         """The sample side to use: `resolution` when the model runs at it, else one line with what is allowed."""
