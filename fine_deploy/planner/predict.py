@@ -30,7 +30,8 @@ def values_of(space: Space, config: dict[str, Any]) -> dict[str, int]:
     values = space.full_assignment()
     for k in space.knobs:
         given = (config.get("ranks") or {}).get(k.target) if k.kind == "rank" else \
-            (config.get("widths") or {}).get(k.target) if k.kind == "width" else config.get("depth")
+            (config.get("widths") or {}).get(k.target) if k.kind == "width" else \
+            config.get("depth") if k.kind == "depth" else None
         if given is None:
             continue
         if int(given) not in k.options:
