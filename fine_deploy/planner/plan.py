@@ -64,7 +64,7 @@ def precision_bases(candidates: tuple[str, ...]) -> list[tuple[str, tuple[str, .
 
 
 def precision_map(space: Space, sol: Solution) -> dict[str, str]:
-    """plan.json's `precision`: "*" (the base) and each type whose layers differ from it."""
+    """plan.json's `precision`: "*" (the base) and each type whose layers differ from it; empty when all fp32."""
     from fine_deploy.planner.space import precision_name
 
     knobs = [k for k in space.knobs if k.kind == "precision"]
@@ -72,7 +72,8 @@ def precision_map(space: Space, sol: Solution) -> dict[str, str]:
         return {}
     out = {k.target: precision_name(sol.values[k.name]) for k in knobs}
     star = out.pop("*")
-    return {"*": star, **{t: p for t, p in sorted(out.items()) if p != star}}
+    got = {"*": star, **{t: p for t, p in sorted(out.items()) if p != star}}
+    return {} if got == {"*": "fp32"} else got  # an all-fp32 plan reads as plans did before the field
 
 
 @dataclass
