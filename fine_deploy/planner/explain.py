@@ -41,6 +41,7 @@ def _breaks(ev, limits: Limits) -> list[str]:
 
 def _why(space: Space, sol: Solution, knob, limits: Limits, objective: str) -> str:
     value = sol.values[knob.name]
+    shown = _shown(knob)
     i = knob.options.index(value)
     best_i = min(range(len(knob.options)), key=lambda j: (knob.loss[j], -j))
     if objective == "latency":
@@ -49,18 +50,23 @@ def _why(space: Space, sol: Solution, knob, limits: Limits, objective: str) -> s
         down = _moved(space, sol, knob.name, knob.options[i - 1])
         broken = _breaks(down, limits)
         if broken:
-            return f"{knob.options[i - 1]} would break {', '.join(broken)}"
+            return f"{shown(knob.options[i - 1])} would break {', '.join(broken)}"
         gain = sol.evaluation.latency_s - down.latency_s
         if gain <= 0:
-            return f"{knob.options[i - 1]} is no faster"
+            return f"{shown(knob.options[i - 1])} is no faster"
         return "a joint trade-off: lower values cost more quality elsewhere"
     if i == best_i:
         return "best value; nothing binds"
     up = knob.options[i + 1] if i + 1 < len(knob.options) else knob.options[best_i]
     broken = _breaks(_moved(space, sol, knob.name, up), limits)
     if broken:
-        return f"{up} would break {', '.join(broken)}"
+        return f"{shown(up)} would break {', '.join(broken)}"
     return "a joint trade-off: raising it forces other knobs down"
+
+
+def _shown(knob):
+    """How a knob's value reads: a precision knob's values are codes in the space, shown by name."""
+    return precision_name if knob.kind == "precision" else (lambda v: v)
 
 
 def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) -> list[dict[str, Any]]:
@@ -83,7 +89,7 @@ def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) ->
                 bases.add(o.basis)
         nbytes += sum(space.bases[b] for b in bases) + knob.bytes[i]
         lat += knob.latency_s[i]
-        shown = precision_name if knob.kind == "precision" else (lambda v: v)
+        shown = _shown(knob)
         rows.append({
             "knob": knob.name,
             "value": shown(sol.values[knob.name]),

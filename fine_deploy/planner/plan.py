@@ -391,11 +391,15 @@ def plan(
     budget.loss_offset = float(quality.get("conversion_error") or 0.0)
     objective = "latency" if max_loss is not None else "loss"
     best = None
+    tried = []
     for base, layer_precs in bases:  # one exact MILP per base precision; the best of them is the optimum
         c = cost if base == cost.dtype else CostModel.build(prof, table, base)
         sp = build_space(sn, c, sens, batch=batch, resolution=res, precisions=layer_precs)
         s = solve(sp, objective, budget.limits())
         key = _rank(s, objective)
+        tried.append(f"{'+'.join(layer_precs)} on {base}: " + (
+            f"loss {s.evaluation.loss + budget.loss_offset:.3g}, {format_seconds(s.evaluation.latency_s)}"
+            if s.ok else s.status))
         # with none feasible, the last base (the narrowest a device lists last) answers with the smallest budgets
         if best is None or key < best[0] or key[0] == best[0][0] == 1:
             best = (key, c, sp, s)
@@ -412,6 +416,11 @@ def plan(
     cost_rec["latency_protocol"] = latency_protocol(table, sn, prof.name, supernet)
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
                   {"batch": batch, "resolution": res, "dtype": cost.dtype}, cost_rec)
+    if len(bases) > 1:
+        p.solver["precision_bases"] = tried
+        for row in p.explain:
+            if row["knob"] == "precision":  # the base is chosen across spaces, not inside one
+                row["why"] = "best of the bases, each solved exactly: " + "; ".join(tried)
     if output is not None:
         p.save(output)
     elapsed = time.perf_counter() - t0
