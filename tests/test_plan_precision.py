@@ -137,3 +137,38 @@ def test_precision_losses_are_measured_once_cached_and_grow_as_bits_drop(tmp_pat
         assert 0 < more["losses"][t]["fp16"] < more["losses"][t]["int8"] < more["losses"][t]["pal4"]
     # the stored table is held-out loss: precision errors are put on its scale, and the plan says how
     assert more["metric"] == table["metric"] and "least-squares" in more["scaled"]
+
+
+def test_layers_are_priced_per_precision_and_say_how():
+    from fine_deploy.cost.lut import Lut
+    from fine_deploy.cost.profiles import load_profile
+    from fine_deploy.cost.roofline import Roofline, spec_roofline
+    from fine_deploy.cost.shapes import LayerShape
+    from fine_deploy.planner.costs import CostModel, precision_ratio
+
+    shape = LayerShape("linear", 256, 256, 64)
+    jetson = load_profile(JETSON, probe=False)
+    spec = CostModel.build(jetson)  # no LUT: the spec roofline at each dtype's own peak
+    s32, _ = spec.layer_seconds(shape, "dense", None, "fp32")
+    s16, _ = spec.layer_seconds(shape, "dense", None, "fp16")
+    assert s16 == pytest.approx(spec_roofline(jetson, "fp16").layer_seconds(shape, "dense", None, "fp16"))
+    assert s16 < s32
+    # a LUT measures fp32: another precision is its figure x the profile's roofline ratio
+    fitted = Roofline(1e11, 2e10, 1e-6, "fitted", 10, 0.1).to_dict()
+    lut = Lut(JETSON, "tensorrt", {}, {}, {}, {}, 2e-5, roofline=fitted, complete=True)
+    measured = CostModel.build(jetson, lut)
+    m32, _ = measured.layer_seconds(shape, "dense", None, "fp32")
+    m16, _ = measured.layer_seconds(shape, "dense", None, "fp16")
+    assert m16 == pytest.approx(m32 * precision_ratio(jetson, shape, "dense", None, "fp16"))
+    assert any("ratio" in how for how in measured.describe()["precision_figures"]["fp16"])
+    # ONNX Runtime CPU states no int8 rate: int8 keeps the fp32 figure, and says it was not measured
+    host = load_profile("host")
+    cpu = CostModel.build(host)
+    assert cpu.layer_seconds(shape, "dense", None, "int8")[0] == cpu.layer_seconds(shape, "dense", None, "fp32")[0]
+    assert any("not measured" in how for how in cpu.describe()["precision_figures"]["int8"])
+    # weights at their bits, activations at the compute dtype's width (a palette computes in fp16)
+    w32 = cpu.weight_bytes(shape, "dense", None, "fp32")[0]
+    assert cpu.weight_bytes(shape, "dense", None, "int8")[0] == w32 / 4
+    assert cpu.weight_bytes(shape, "dense", None, "pal4")[0] == w32 / 8
+    a32 = cpu.activation_bytes(shape, "dense", None, "fp32")
+    assert cpu.activation_bytes(shape, "dense", None, "pal4") == a32 / 2
