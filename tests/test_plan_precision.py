@@ -166,9 +166,14 @@ def test_layers_are_priced_per_precision_and_say_how():
     cpu = CostModel.build(host)
     assert cpu.layer_seconds(shape, "dense", None, "int8")[0] == cpu.layer_seconds(shape, "dense", None, "fp32")[0]
     assert any("not measured" in how for how in cpu.describe()["precision_figures"]["int8"])
-    # weights at their bits, activations at the compute dtype's width (a palette computes in fp16)
+    # weights at their bits; activations at the compute dtype's width where the device has a rate for it (a
+    # palette computes in fp16), else fp32 (ONNX Runtime CPU's int8 graphs compute around the matmuls in fp32)
     w32 = cpu.weight_bytes(shape, "dense", None, "fp32")[0]
     assert cpu.weight_bytes(shape, "dense", None, "int8")[0] == w32 / 4
     assert cpu.weight_bytes(shape, "dense", None, "pal4")[0] == w32 / 8
     a32 = cpu.activation_bytes(shape, "dense", None, "fp32")
-    assert cpu.activation_bytes(shape, "dense", None, "pal4") == a32 / 2
+    assert cpu.activation_bytes(shape, "dense", None, "int8") == a32
+    assert CostModel.build(cpu.profile, None, "int8").bytes_per_elem == 4
+    phone = CostModel.build(load_profile("iphone", probe=False))
+    assert phone.activation_bytes(shape, "dense", None, "pal4") == a32 / 2
+    assert spec.activation_bytes(shape, "dense", None, "int8") == a32 / 4

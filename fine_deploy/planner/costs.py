@@ -116,10 +116,17 @@ class CostModel:
             fixed = profile.launch_overhead_s
         return cls(profile, lut, dtype, roof, max(fixed, 0.0))
 
+    def arithmetic(self, precision: str | None = None) -> str:
+        """The dtype activations of a layer at `precision` are held and computed in: its compute dtype where the
+        profile states a rate for it, else fp32 (ONNX Runtime CPU dequantises int8 weights into fp32 ops around
+        the quantised matmuls, so no narrower activations are assumed there either)."""
+        cd = compute_dtype(precision or self.dtype)
+        return cd if cd in self.profile.peak_flops else MEASURED_DTYPE
+
     @property
     def bytes_per_elem(self) -> int:
-        """Bytes of one activation element (and of a dense parameter) at the base precision."""
-        return DTYPE_BYTES[compute_dtype(self.dtype)]
+        """Bytes of one activation element at the base precision (what the ops around the layers move)."""
+        return DTYPE_BYTES[self.arithmetic()]
 
     @property
     def param_bits(self) -> int:
@@ -171,7 +178,7 @@ class CostModel:
 
     def activation_bytes(self, shape: LayerShape, form: str, rank: int | None,
                          precision: str | None = None) -> int:
-        size = DTYPE_BYTES[compute_dtype(precision or self.dtype)]
+        size = DTYPE_BYTES[self.arithmetic(precision)]
         return sum(activation_elems(shape, form, None if form == "dense" else rank)) * size
 
     def describe(self) -> dict[str, Any]:

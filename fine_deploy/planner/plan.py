@@ -470,7 +470,8 @@ def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases
     return {"asked": asked, "candidates": list(candidates),
             "bases": [{"*": b, "layers": list(lp)} for b, lp in bases],
             "latency": per, "weight_bytes": "cost.precisions.WEIGHT_BITS per stored weight",
-            "activation_bytes": "compute dtype's width (a palette computes in fp16)"}
+            "activation_bytes": "the compute dtype's width where the profile states a rate for it (a palette "
+                                                "computes in fp16), else fp32"}
 
 
 def full_model_figures(space: Space) -> dict[str, float]:
