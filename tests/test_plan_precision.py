@@ -177,3 +177,14 @@ def test_layers_are_priced_per_precision_and_say_how():
     phone = CostModel.build(load_profile("iphone", probe=False))
     assert phone.activation_bytes(shape, "dense", None, "pal4") == a32 / 2
     assert spec.activation_bytes(shape, "dense", None, "int8") == a32 / 4
+
+
+def test_auto_leaves_int8_out_where_its_export_would_lack_calibration_images(dit_supernet, tmp_path):
+    """A converted supernet has no training images here: static int8 could not calibrate, so `auto` plans
+    without int8 (and says why); --precision int8 still plans it."""
+    p = plan("host", "1GB", supernet=dit_supernet, output=tmp_path / "a.json", show=False)
+    rec = p.predicted["cost_model"]["precision"]
+    assert rec["candidates"] == ["fp32"] and "calibrates" in rec["left_out"]["int8"]
+    assert p.precision == {}
+    pinned = plan("host", "1GB", supernet=dit_supernet, precision="int8", output=tmp_path / "b.json", show=False)
+    assert pinned.precision == {"*": "int8"}

@@ -38,14 +38,23 @@ MIXABLE = ("fp16", "int8")
 FALLBACK_RATIO = 2.0
 
 
-def precision_candidates(profile, precision: str) -> tuple[str, ...]:
-    """The precisions `--precision` lets the planner choose on `profile` (checked: one line naming the device's)."""
+def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
+    """The precisions `--precision` lets the planner choose on `profile` (checked: one line naming the device's).
+
+    `auto` leaves out int8 for a supernet `sn` whose training images are not here: its export would need
+    calibration images the user has to supply (--calib) or dynamic quantisation, so int8 is planned only
+    when asked for (--precision int8)."""
     from fine_deploy.cost.precisions import check_precision
 
     if precision != AUTO:
         check_precision(precision, "--precision")
         return (profile.require_precision(precision),)
     got = tuple(profile.precisions)
+    if sn is not None and len(got) > 1:
+        from fine_deploy.supernet.spec import training_data_source
+
+        if training_data_source(sn.spec) is None:
+            got = tuple(p for p in got if p != "int8") or got
     fp32 = profile.peak_flops.get("fp32")
     fast = max((profile.peak_flops.get(d, 0.0) for d in ("fp16", "bf16") if d in got), default=0.0)
     if fp32 and fast >= FALLBACK_RATIO * fp32 and len(got) > 1:
@@ -374,8 +383,9 @@ def plan(
     if latency is not None:
         parse_seconds(latency)
     prof, table, device_rec = load_device(device, lut, profiles)
-    candidates = precision_candidates(prof, precision)
+    precision_candidates(prof, precision)  # a precision the device does not run is refused before any work
     sn = load_supernet(supernet)
+    candidates = precision_candidates(prof, precision, sn)
     res = sn.adapter.check_resolution(sn.spec.config, resolution)
     bases = precision_bases(candidates)
     cost = CostModel.build(prof, table, bases[0][0])
@@ -467,7 +477,15 @@ def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases
         else:
             how = f"spec roofline at the profile's {cd} peak (estimate)"
         per[p] = how
-    return {"asked": asked, "candidates": list(candidates),
+    left = {}
+    for p in cost.profile.precisions if asked == AUTO else ():
+        if p in candidates:
+            continue
+        left[p] = ("the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
+                   "(--precision fp32 plans it)") if p == "fp32" else (
+            "static int8 calibrates on the supernet's training images, which are not here "
+            "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)")
+    return {"asked": asked, "candidates": list(candidates), "left_out": left,
             "bases": [{"*": b, "layers": list(lp)} for b, lp in bases],
             "latency": per, "weight_bytes": "cost.precisions.WEIGHT_BITS per stored weight",
             "activation_bytes": "the compute dtype's width where the profile states a rate for it (a palette "
