@@ -229,12 +229,15 @@ def plan_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="plan.json to write."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of the table."),
     pareto: Path | None = typer.Option(None, "--pareto", help="Write pareto.json + pareto.png to this folder."),
+    precision: str = typer.Option("auto", "--precision", help="auto (choose per type among the device's "
+                                  "precisions) | fp32 | fp16 | bf16 | int8 | fp8 | pal8 | pal6 | pal4 (pin one)."),
 ) -> None:
-    """Pick ranks, widths, depth and kernel forms that fit the budgets (exact MILP)."""
+    """Pick ranks, widths, depth, kernel forms and precisions that fit the budgets (exact MILP)."""
     from fine_deploy.planner.plan import plan
 
     plan(device, mem, latency=latency, steps=steps, batch=batch, resolution=resolution, max_loss=max_loss,
-         supernet=supernet, offload=offload, lut=lut, output=output, as_json=as_json, pareto=pareto)
+         supernet=supernet, offload=offload, lut=lut, output=output, as_json=as_json, pareto=pareto,
+         precision=precision)
 
 
 # --- training (issue 7) --------------------------------------------------------------------------

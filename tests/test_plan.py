@@ -15,12 +15,18 @@ from typer.testing import CliRunner
 from fine_deploy.cli import app
 from fine_deploy.errors import FineDeployError
 from fine_deploy.planner.milp import Limits, solve
-from fine_deploy.planner.plan import plan
+from fine_deploy.planner.plan import plan as plan_any_precision
 from fine_deploy.planner.schema import Plan, supernet_for_plan
 from fine_deploy.planner.space import evaluate, layer_exists
 from fine_deploy.planner.units import parse_bytes, parse_seconds
 
 DEVICE = "jetson-orin-nano-4gb"
+
+
+def plan(*args, **kwargs):
+    """These tests check the MILP's mechanics against the fp32 space built below, so they pin fp32; planning
+    precision is tested in test_plan_precision.py (the CLI tests here run the default, auto)."""
+    return plan_any_precision(*args, precision="fp32", **kwargs)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -160,3 +160,70 @@ def test_deterministic_solution():
     lim = _limits(space, random.Random(7))["loss"]
     a, b = solve(space, "loss", lim), solve(space, "loss", lim)
     assert (a.values, a.forms, a.figures) == (b.values, b.forms, b.figures)
+
+
+def with_precision(space: Space, seed: int) -> Space:
+    """`space` with a precision knob per type, as planner.build makes them: every layer option exists once per
+    precision (fp32 / fp16 / int8: bytes 4 / 2 / 1 per weight, faster at fewer bits), each precision's loss on
+    its type's knob, and fp16 beside int8 forbidden (no exporter writes that mixture)."""
+    from fine_deploy.planner.space import precision_code
+
+    rng = random.Random(50 + seed)
+    precs = {"fp32": (1.0, 1.0), "fp16": (0.5, 0.6), "int8": (0.25, 0.45)}  # bytes and seconds vs fp32
+    codes = sorted(precision_code(p) for p in precs)
+    types = sorted({la.type for la in space.layers})
+    knobs = list(space.knobs)
+    for t in types:
+        loss = {"fp32": 0.0, "fp16": rng.uniform(0.0, 0.05), "int8": rng.uniform(0.05, 0.4)}
+        knobs.append(Knob(f"precision.{t}", "precision", t, codes,
+                          [loss[p] for p in sorted(precs, key=precision_code)]))
+    layers, bases = [], {}
+    for la in space.layers:
+        opts = []
+        for o in la.options:
+            for p, (b, s) in precs.items():
+                basis = f"{o.basis}|{p}" if o.basis else None
+                if basis:
+                    bases[basis] = space.bases[o.basis] * b
+                opts.append(LayerOption((*o.values, precision_code(p)), o.form, o.rank, o.latency_s * s,
+                                        o.weight_bytes * b, o.act_bytes * (b if p != "int8" else 0.5), basis,
+                                        precision=p))
+        layers.append(LayerSpace(la.name, la.type, (*la.knobs, f"precision.{la.type}"), opts, la.block))
+    fp16, int8 = precision_code("fp16"), precision_code("int8")
+    clash = [((f"precision.{a}", fp16), (f"precision.{b}", int8)) for a in types for b in types if a != b]
+    return Space(knobs, layers, bases, space.const_latency_s, space.const_bytes, space.forbidden + clash)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_milp_with_precision_knobs_equals_brute_force(seed):
+    space = with_precision(synthetic_space(seed, layers_per_type=1), seed)
+    rng = random.Random(2000 + seed)
+    for objective, limits in _limits(space, rng).items():
+        sol = solve(space, objective, limits)
+        want = brute_force(space, objective, limits)
+        if want is None:
+            assert sol.status == "infeasible"
+            continue
+        assert sol.ok and within(sol.evaluation, limits), (objective, sol.status)
+        assert _value(sol, objective) == pytest.approx(want, rel=1e-6, abs=1e-12), objective
+        p = {k.target: sol.values[k.name] for k in space.knobs if k.kind == "precision"}
+        from fine_deploy.planner.space import precision_code
+
+        assert not ({precision_code("fp16"), precision_code("int8")} <= set(p.values())), "a forbidden mixture"
+
+
+def test_a_tight_memory_budget_lowers_precision_before_rank_when_that_costs_less_quality():
+    from fine_deploy.planner.space import precision_code
+
+    space = with_precision(synthetic_space(5, n_types=1, layers_per_type=1), 5)
+    knob = space.knob("precision.t0")
+    knob.loss = [1e-6 * (len(knob.options) - 1 - i) for i in range(len(knob.options))]  # precision nearly free
+    values = space.full_assignment()
+    full = evaluate(space, values, best_forms(space, values, "memory"))
+    sol = solve(space, "loss", Limits(memory_bytes=full.memory_bytes * 0.8))
+    assert sol.ok and sol.values["rank.t0"] == knob_full(space, "rank.t0")
+    assert sol.values["precision.t0"] < precision_code("fp32")
+
+
+def knob_full(space: Space, name: str) -> int:
+    return space.knob(name).full

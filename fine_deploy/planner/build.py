@@ -19,7 +19,15 @@ from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json
 from fine_deploy.planner.costs import CostModel
 from fine_deploy.planner.sensitivity import one_thread
-from fine_deploy.planner.space import Knob, LayerOption, LayerSpace, Space, check_space
+from fine_deploy.planner.space import (
+    Knob,
+    LayerOption,
+    LayerSpace,
+    Space,
+    check_space,
+    precision_code,
+    precision_name,
+)
 
 _MAX_JOINT_TRACES = 256
 
@@ -221,10 +229,40 @@ def _width_dense_bytes(sn, knobs: dict[str, list[int]], bpe: int) -> dict[str, A
     return out
 
 
+def _precision_knobs(sn, sensitivity: dict[str, Any], base: str, layer_precisions: tuple[str, ...]) -> list[Knob]:
+    """A precision knob per type (its layers' weights) and one for "*" (every other node, fixed at `base`), each
+    value's loss the measured output error of that type at that precision (sensitivity["precision"])."""
+    from fine_deploy.planner.sensitivity import STAR
+
+    losses = sensitivity["precision"]["losses"]
+    opts = sorted(precision_code(p) for p in layer_precisions)
+    knobs = [Knob(f"precision.{t.name}", "precision", t.name, opts,
+                  [float(losses[t.name][precision_name(c)]) for c in opts]) for t in sn.types]
+    knobs.append(Knob("precision", "precision", STAR, [precision_code(base)], [float(losses[STAR][base])]))
+    return knobs
+
+
+def _precision_clashes(sn, layer_precisions: tuple[str, ...]) -> list[tuple[tuple[str, int], tuple[str, int]]]:
+    """fp16 layers beside int8 layers: no exporter writes that mixture (ONNX Runtime's fp16 converter and its
+    quantiser each leave the others' nodes at fp32, not at each other's precision)."""
+    if not {"fp16", "int8"} <= set(layer_precisions):
+        return []
+    a, b = precision_code("fp16"), precision_code("int8")
+    return [((f"precision.{s.name}", a), (f"precision.{t.name}", b)) for s in sn.types for t in sn.types
+            if s.name != t.name]
+
+
 def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int = 1,
-                resolution: int | None = None) -> Space:
-    """Every knob with its quality loss, every layer with its options priced on `cost`'s device."""
-    bpe = cost.bytes_per_elem
+                resolution: int | None = None, precisions: tuple[str, ...] | None = None) -> Space:
+    """Every knob with its quality loss, every layer with its options priced on `cost`'s device.
+
+    `precisions`: what the factorised layers' weights may be stored at (default: `cost.dtype`, the base every
+    other node runs at); unless that is fp32 alone, each type gets a precision knob and every layer option
+    exists once per precision, priced at it (sensitivity["precision"] holds their losses)."""
+    layer_precs = tuple(precisions or (cost.dtype,))
+    with_precision = set(layer_precs) != {"fp32"} or cost.dtype != "fp32"
+    bpe = cost.param_bits / 8  # dense (not factorised) parameters are stored at the base precision
+    bpe = int(bpe) if bpe == int(bpe) else bpe
     width_knobs = {k: sorted(v) for k, v in (sn.spec.widths.get("knobs") or {}).items()}
     knobs: list[Knob] = []
     for t in sn.types:
@@ -248,6 +286,8 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
     else:
         dense_const = sum(outside.values()) + sum(per_block.values())
 
+    if with_precision:
+        knobs += _precision_knobs(sn, sensitivity, cost.dtype, layer_precs)
     full = cache.shapes({})
     deps, shape_at, notes = _width_shapes(cache, full, width_knobs)
     forbidden = [tuple(tuple(p) for p in pair) for pair in
@@ -272,19 +312,21 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
                 # the exact source option of a converted type is a dense weight: no factors to run
                 factored = r <= shape.max_rank() and not t.is_source(r)
                 forms = ["dense"] + (["low_rank", "shared_basis"] if factored else [])
-                for form in forms:
-                    sec, src = cost.layer_seconds(shape, form, r)
-                    own, shared = cost.weight_bytes(shape, form, r)
+                for form, prec in itertools.product(forms, layer_precs):
+                    sec, src = cost.layer_seconds(shape, form, r, prec)
+                    own, shared = cost.weight_bytes(shape, form, r, prec)
                     basis = None
                     if form == "shared_basis":
-                        basis = f"{t.name}|r{r}|{shape.m1}x{shape.m2}"
+                        basis = f"{t.name}|r{r}|{shape.m1}x{shape.m2}" + (f"|{prec}" if with_precision else "")
                         bases[basis] = float(shared)
+                    values = (*combo, precision_code(prec)) if with_precision else combo
                     options.append(LayerOption(
-                        combo, form, r, sec + extra, float(own), float(cost.activation_bytes(shape, form, r)),
-                        basis, src, extra,
+                        values, form, r, sec + extra, float(own), float(cost.activation_bytes(shape, form, r, prec)),
+                        basis, src, extra, prec,
                     ))
-            layers.append(LayerSpace(name, t.name, (f"rank.{t.name}", *(f"width.{k}" for k in wk)), options,
-                                     blk if blk is not None and depth_opts else None))
+            own_knobs = (f"rank.{t.name}", *(f"width.{k}" for k in wk))
+            layers.append(LayerSpace(name, t.name, (*own_knobs, f"precision.{t.name}") if with_precision else own_knobs,
+                                     options, blk if blk is not None and depth_opts else None))
     const_latency = cost.fixed_s
     from fine_deploy.planner.costs import apply_calibration, calibration_for
 
@@ -299,7 +341,7 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
         const_bytes=float(cost.profile.runtime_overhead_bytes),
         dense_bytes=float(dense_const),
         pair_bytes=pairs,
-        forbidden=forbidden,
+        forbidden=forbidden + (_precision_clashes(sn, layer_precs) if with_precision else []),
         notes={**notes, "end_to_end_calibration": bool(cal), "dense_bytes": dense_const,
                "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
     )

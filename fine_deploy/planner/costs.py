@@ -17,10 +17,13 @@ from typing import Any
 
 from fine_deploy.cost.graphs import LayerChoice
 from fine_deploy.cost.lut import Lut
+from fine_deploy.cost.precisions import WEIGHT_BITS, compute_dtype, weight_bytes
 from fine_deploy.cost.predictor import layer_cost
 from fine_deploy.cost.profiles import DeviceProfile
 from fine_deploy.cost.roofline import DTYPE_BYTES, Roofline, spec_roofline
 from fine_deploy.cost.shapes import LayerShape, activation_elems, form_weight_elems
+
+MEASURED_DTYPE = "fp32"  # what the profiler's LUT measures (ONNX Runtime CPU graphs of fp32 layers)
 
 # passes over a layer's output by the ops around it (bias, norm, activation, residual add):
 # the part of a block's time that no factorised matrix accounts for
@@ -72,37 +75,89 @@ def apply_calibration(cal: dict[str, Any], layers: list, knobs: list, const_late
     return c["fixed"]
 
 
+def precision_ratio(profile: DeviceProfile, shape: LayerShape, form: str, rank: int | None,
+                    precision: str) -> float | None:
+    """Seconds of one layer at `precision` over its seconds at fp32 on the profile's spec roofline (its per-dtype
+    peak and the narrower bytes moved); None when the profile states no peak for that precision's arithmetic."""
+    cd = compute_dtype(precision)
+    if cd == MEASURED_DTYPE:
+        return 1.0
+    if cd not in profile.peak_flops or MEASURED_DTYPE not in profile.peak_flops:
+        return None
+    base = spec_roofline(profile, MEASURED_DTYPE).layer_seconds(shape, form, rank, MEASURED_DTYPE)
+    return spec_roofline(profile, cd).layer_seconds(shape, form, rank, cd) / base
+
+
 @dataclass
 class CostModel:
+    """Prices layers on one device. `dtype` is the plan's base precision: what every node outside the factorised
+    layers (dense parameters, activations, the attention core) runs at; a layer may be priced at another."""
+
     profile: DeviceProfile
     lut: Lut | None = None
     dtype: str = "fp32"
     roof: Roofline | None = None
     fixed_s: float = 0.0  # what every run pays once: empty run + calibrated whole-model overhead
     sources: Counter = field(default_factory=Counter)
+    # per precision, how its layer seconds were obtained (measured / roofline ratio / assumed): plan.json says it
+    precision_sources: dict[str, Counter] = field(default_factory=dict)
 
     @classmethod
     def build(cls, profile: DeviceProfile, lut: Lut | None = None, dtype: str = "fp32") -> CostModel:
+        cd = compute_dtype(dtype)
         if lut is not None and lut.roofline:
             roof = Roofline.from_dict(lut.roofline)
         else:
-            roof = spec_roofline(profile, dtype)
+            # a runtime with no stated rate for this arithmetic (ONNX Runtime CPU int8) is priced at fp32's
+            roof = spec_roofline(profile, cd if cd in profile.peak_flops else MEASURED_DTYPE)
         if lut is not None:
             fixed = float(lut.empty_run_s) + float(lut.calibration.get("fixed_s", 0.0) or 0.0)
         else:
             fixed = profile.launch_overhead_s
         return cls(profile, lut, dtype, roof, max(fixed, 0.0))
 
+    def arithmetic(self, precision: str | None = None) -> str:
+        """The dtype activations of a layer at `precision` are held and computed in: its compute dtype where the
+        profile states a rate for it, else fp32 (ONNX Runtime CPU dequantises int8 weights into fp32 ops around
+        the quantised matmuls, so no narrower activations are assumed there either)."""
+        cd = compute_dtype(precision or self.dtype)
+        return cd if cd in self.profile.peak_flops else MEASURED_DTYPE
+
     @property
     def bytes_per_elem(self) -> int:
-        return DTYPE_BYTES[self.dtype]
+        """Bytes of one activation element at the base precision (what the ops around the layers move)."""
+        return DTYPE_BYTES[self.arithmetic()]
 
-    def layer_seconds(self, shape: LayerShape, form: str, rank: int | None) -> tuple[float, str]:
-        """Seconds one layer adds to a forward pass, and where the figure came from."""
+    @property
+    def param_bits(self) -> int:
+        """Bits of one dense (not factorised) parameter at the base precision."""
+        return WEIGHT_BITS[self.dtype]
+
+    def layer_seconds(self, shape: LayerShape, form: str, rank: int | None,
+                      precision: str | None = None) -> tuple[float, str]:
+        """Seconds one layer at `precision` (default: the base) adds to a forward pass, and where the figure
+        came from. A LUT measures fp32 only, so another precision is its fp32 figure scaled by the profile's
+        roofline ratio; where the profile states no rate for it, the fp32 figure is used as it is and the
+        source says so (no speed-up is assumed that nothing here measured)."""
+        p = precision or self.dtype
         choice = LayerChoice(shape, form, None if form == "dense" else rank)
-        c = layer_cost(choice, self.lut, self.profile, self.dtype)
-        self.sources[c.source] += 1
-        return float(c.seconds), c.source
+        cd = compute_dtype(p)
+        if self.lut is None and cd in self.profile.peak_flops:
+            c = layer_cost(choice, None, self.profile, cd)
+            sec, src, how = float(c.seconds), c.source, f"{c.source} at {cd} peak"
+        else:
+            c = layer_cost(choice, self.lut, self.profile, MEASURED_DTYPE)
+            sec, src = float(c.seconds), c.source
+            ratio = precision_ratio(self.profile, shape, form, rank, p)
+            if cd == MEASURED_DTYPE:
+                how = c.source
+            elif ratio is None:
+                how = f"{c.source} fp32 figure, no {cd} speed-up assumed (not measured)"
+            else:
+                sec, how = sec * ratio, f"{c.source} x spec-roofline {cd}/fp32 ratio"
+        self.sources[src] += 1
+        self.precision_sources.setdefault(p, Counter())[how] += 1
+        return sec, src
 
     def elementwise_seconds(self, elems: float, passes: int = ELEMENTWISE_PASSES) -> float:
         """Memory-bound ops around a layer: `passes` reads + writes of `elems` activations."""
@@ -114,12 +169,17 @@ class CostModel:
         nbytes = 3.0 * batch * tokens * tokens * self.bytes_per_elem  # scores written, softmaxed, read
         return self.roof.seconds(flops, nbytes, 3)
 
-    def weight_bytes(self, shape: LayerShape, form: str, rank: int | None) -> tuple[int, int]:
+    def weight_bytes(self, shape: LayerShape, form: str, rank: int | None,
+                     precision: str | None = None) -> tuple[float, float]:
+        """Bytes of the layer's own weights and of the basis it shares, stored at `precision` (default: base)."""
         own, shared = form_weight_elems(shape, form, None if form == "dense" else rank)
-        return own * self.bytes_per_elem, shared * self.bytes_per_elem
+        p = precision or self.dtype
+        return weight_bytes(own, p), weight_bytes(shared, p)
 
-    def activation_bytes(self, shape: LayerShape, form: str, rank: int | None) -> int:
-        return sum(activation_elems(shape, form, None if form == "dense" else rank)) * self.bytes_per_elem
+    def activation_bytes(self, shape: LayerShape, form: str, rank: int | None,
+                         precision: str | None = None) -> int:
+        size = DTYPE_BYTES[self.arithmetic(precision)]
+        return sum(activation_elems(shape, form, None if form == "dense" else rank)) * size
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -127,4 +187,5 @@ class CostModel:
             "roofline": self.roof.source if self.roof else None,
             "fixed_s": self.fixed_s,
             "layer_figures": dict(sorted(self.sources.items())),
+            "precision_figures": {p: dict(sorted(c.items())) for p, c in sorted(self.precision_sources.items())},
         }

@@ -12,7 +12,7 @@ from typing import Any
 
 from fine_deploy.console import wide_console
 from fine_deploy.planner.milp import Limits, Solution
-from fine_deploy.planner.space import Space, evaluate, layer_exists, layer_option
+from fine_deploy.planner.space import Space, evaluate, layer_exists, layer_option, precision_name
 from fine_deploy.planner.units import format_bytes, format_seconds
 
 
@@ -41,6 +41,7 @@ def _breaks(ev, limits: Limits) -> list[str]:
 
 def _why(space: Space, sol: Solution, knob, limits: Limits, objective: str) -> str:
     value = sol.values[knob.name]
+    shown = _shown(knob)
     i = knob.options.index(value)
     best_i = min(range(len(knob.options)), key=lambda j: (knob.loss[j], -j))
     if objective == "latency":
@@ -49,18 +50,23 @@ def _why(space: Space, sol: Solution, knob, limits: Limits, objective: str) -> s
         down = _moved(space, sol, knob.name, knob.options[i - 1])
         broken = _breaks(down, limits)
         if broken:
-            return f"{knob.options[i - 1]} would break {', '.join(broken)}"
+            return f"{shown(knob.options[i - 1])} would break {', '.join(broken)}"
         gain = sol.evaluation.latency_s - down.latency_s
         if gain <= 0:
-            return f"{knob.options[i - 1]} is no faster"
+            return f"{shown(knob.options[i - 1])} is no faster"
         return "a joint trade-off: lower values cost more quality elsewhere"
     if i == best_i:
         return "best value; nothing binds"
     up = knob.options[i + 1] if i + 1 < len(knob.options) else knob.options[best_i]
     broken = _breaks(_moved(space, sol, knob.name, up), limits)
     if broken:
-        return f"{up} would break {', '.join(broken)}"
+        return f"{shown(up)} would break {', '.join(broken)}"
     return "a joint trade-off: raising it forces other knobs down"
+
+
+def _shown(knob):
+    """How a knob's value reads: a precision knob's values are codes in the space, shown by name."""
+    return precision_name if knob.kind == "precision" else (lambda v: v)
 
 
 def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) -> list[dict[str, Any]]:
@@ -69,6 +75,7 @@ def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) ->
         i = knob.options.index(sol.values[knob.name])
         lat = nbytes = 0.0
         forms: Counter = Counter()
+        precs: Counter = Counter()
         bases = set()
         for layer in space.layers:
             if knob.name not in layer.knobs or layer.name not in sol.forms:
@@ -77,18 +84,21 @@ def explain_rows(space: Space, sol: Solution, limits: Limits, objective: str) ->
             lat += o.latency_s
             nbytes += o.weight_bytes
             forms[o.form] += 1
+            precs[o.precision] += 1
             if o.basis:
                 bases.add(o.basis)
         nbytes += sum(space.bases[b] for b in bases) + knob.bytes[i]
         lat += knob.latency_s[i]
+        shown = _shown(knob)
         rows.append({
             "knob": knob.name,
-            "value": sol.values[knob.name],
-            "options": [knob.options[0], knob.options[-1], len(knob.options)],
+            "value": shown(sol.values[knob.name]),
+            "options": [shown(knob.options[0]), shown(knob.options[-1]), len(knob.options)],
             "loss": float(f"{knob.loss[i]:.9g}"),
             "latency_s": float(f"{lat:.9g}"),
             "memory_bytes": int(round(nbytes)),
             "forms": dict(sorted(forms.items())),
+            "precision": dict(sorted(precs.items())),
             "why": _why(space, sol, knob, limits, objective),
         })
     return rows
@@ -116,13 +126,14 @@ def print_plan(plan, budget, elapsed_s: float) -> None:
     console = wide_console()
     pr = plan.predicted
     table = Table(title=f"plan for {plan.profile['resolved']} ({plan.supernet['path']} supernet)")
-    for col in ("knob", "value", "options", "loss", "latency", "memory", "forms", "why"):
+    for col in ("knob", "value", "options", "loss", "latency", "memory", "forms", "precision", "why"):
         table.add_column(col, justify="right" if col in ("value", "loss", "latency", "memory") else "left")
     for r in plan.explain:
         lo, hi, n = r["options"]
         forms = ", ".join(f"{c}×{f}" for f, c in r["forms"].items()) or "-"
+        precs = ", ".join(f"{c}×{p}" for p, c in (r.get("precision") or {}).items()) or "-"
         table.add_row(r["knob"], str(r["value"]), f"{lo}..{hi} ({n})", f"{r['loss']:.3g}",
-                      format_seconds(r["latency_s"]), format_bytes(r["memory_bytes"]), forms, r["why"])
+                      format_seconds(r["latency_s"]), format_bytes(r["memory_bytes"]), forms, precs, r["why"])
     console.print(table)
     lat = pr["latency_per_image_s"] if budget.per_image else pr["latency_s"]
     per = f"per image ({budget.steps} steps, batch {budget.batch})" if budget.per_image else "per forward"

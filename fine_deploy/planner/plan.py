@@ -29,7 +29,60 @@ from fine_deploy.planner.units import (
     round_up_seconds,
 )
 
-DTYPE = "fp32"  # what the exporter emits today; weights and activations are priced at this width
+AUTO = "auto"
+# a layer at another precision than the plan's base ("*") is offered only beside fp32: the exporters mix fp32
+# with fp16 layers (ONNX fp16 converter's block list) or with int8 layers (the quantiser's excluded nodes)
+MIXABLE = ("fp16", "int8")
+# a device whose fp16/bf16 rate is this many times its fp32 rate runs fp32 as a reference path, not a deployment
+# precision: `auto` leaves fp32 out there (--precision fp32 still plans it)
+FALLBACK_RATIO = 2.0
+
+
+def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
+    """The precisions `--precision` lets the planner choose on `profile` (checked: one line naming the device's).
+
+    `auto` leaves out int8 for a supernet `sn` whose training images are not here: its export would need
+    calibration images the user has to supply (--calib) or dynamic quantisation, so int8 is planned only
+    when asked for (--precision int8)."""
+    from fine_deploy.cost.precisions import check_precision
+
+    if precision != AUTO:
+        check_precision(precision, "--precision")
+        return (profile.require_precision(precision),)
+    got = tuple(profile.precisions)
+    if sn is not None and len(got) > 1:
+        from fine_deploy.supernet.spec import training_data_source
+
+        if training_data_source(sn.spec) is None:
+            got = tuple(p for p in got if p != "int8") or got
+    fp32 = profile.peak_flops.get("fp32")
+    fast = max((profile.peak_flops.get(d, 0.0) for d in ("fp16", "bf16") if d in got), default=0.0)
+    if fp32 and fast >= FALLBACK_RATIO * fp32 and len(got) > 1:
+        got = tuple(p for p in got if p != "fp32")
+    return got
+
+
+def precision_bases(candidates: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """(base, layer precisions) pairs the MILP is solved over, one exact space each: every node at one
+    precision, or fp32 with layers at fp16 or int8 (MIXABLE) where those are candidates."""
+    out = []
+    for base in candidates:
+        layers = (base, *(p for p in MIXABLE if p in candidates)) if base == "fp32" else (base,)
+        out.append((base, layers))
+    return out
+
+
+def precision_map(space: Space, sol: Solution) -> dict[str, str]:
+    """plan.json's `precision`: "*" (the base) and each type whose layers differ from it; empty when all fp32."""
+    from fine_deploy.planner.space import precision_name
+
+    knobs = [k for k in space.knobs if k.kind == "precision"]
+    if not knobs:
+        return {}
+    out = {k.target: precision_name(sol.values[k.name]) for k in knobs}
+    star = out.pop("*")
+    got = {"*": star, **{t: p for t, p in sorted(out.items()) if p != star}}
+    return {} if got == {"*": "fp32"} else got  # an all-fp32 plan reads as plans did before the field
 
 
 @dataclass
@@ -260,6 +313,7 @@ def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str,
     ev = sol.evaluation
     values = sol.values
     ranks = {k.target: values[k.name] for k in space.knobs if k.kind == "rank"}
+    prec = precision_map(space, sol)
     widths = {k.target: values[k.name] for k in space.knobs if k.kind == "width"}
     depth = values.get("depth")
     predicted = {
@@ -280,6 +334,7 @@ def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str,
         supernet={"path": supernet_path, "sha256": sn.content_hash, "backbone": sn.spec.backbone},
         subnet={"ranks": ranks, "widths": widths, "depth": depth},
         kernels=dict(sorted(sol.forms.items())),
+        precision=prec,
         profile=device,
         budget=budget.to_json(),
         inputs=inputs,
@@ -307,8 +362,12 @@ def plan(
     pareto: str | Path | None = None,
     profiles: str | Path | None = None,
     show: bool = True,
+    precision: str = AUTO,
 ) -> Plan:
-    """Plan a subnet of `supernet` for `device` under the budgets; write it to `output` (atomically)."""
+    """Plan a subnet of `supernet` for `device` under the budgets; write it to `output` (atomically).
+
+    `precision`: "auto" chooses each type's precision among the device's (precision_candidates), a name pins
+    every layer to it."""
     from fine_deploy.planner.build import build_space
     from fine_deploy.planner.costs import CostModel
     from fine_deploy.planner.sensitivity import sensitivity_table
@@ -323,18 +382,38 @@ def plan(
         parse_bytes(mem)
     if latency is not None:
         parse_seconds(latency)
-    sn = load_supernet(supernet)
-    res = sn.adapter.check_resolution(sn.spec.config, resolution)
     prof, table, device_rec = load_device(device, lut, profiles)
-    cost = CostModel.build(prof, table, DTYPE)
+    precision_candidates(prof, precision)  # a precision the device does not run is refused before any work
+    sn = load_supernet(supernet)
+    candidates = precision_candidates(prof, precision, sn)
+    res = sn.adapter.check_resolution(sn.spec.config, resolution)
+    bases = precision_bases(candidates)
+    cost = CostModel.build(prof, table, bases[0][0])
     pipe = pipeline_cost(sn, cost, res, offload)
     budget = make_budget(prof, mem, latency, steps, batch, max_loss, pipe)
     sens = sensitivity_table(sn, progress=show)
     quality = quality_record(sn, sens)
+    if candidates != ("fp32",):
+        from fine_deploy.planner.sensitivity import precision_losses
+
+        sens = {**sens, "precision": precision_losses(sn, sens, candidates, progress=show)}
+        quality["precision"] = {k: v for k, v in sens["precision"].items() if k != "losses"}
     budget.loss_offset = float(quality.get("conversion_error") or 0.0)
-    space = build_space(sn, cost, sens, batch=batch, resolution=res)
     objective = "latency" if max_loss is not None else "loss"
-    sol = solve(space, objective, budget.limits())
+    best = None
+    tried = []
+    for base, layer_precs in bases:  # one exact MILP per base precision; the best of them is the optimum
+        c = cost if base == cost.dtype else CostModel.build(prof, table, base)
+        sp = build_space(sn, c, sens, batch=batch, resolution=res, precisions=layer_precs)
+        s = solve(sp, objective, budget.limits())
+        key = _rank(s, objective)
+        tried.append(f"{'+'.join(layer_precs)} on {base}: " + (
+            f"loss {s.evaluation.loss + budget.loss_offset:.3g}, {format_seconds(s.evaluation.latency_s)}"
+            if s.ok else s.status))
+        # with none feasible, the last base (the narrowest a device lists last) answers with the smallest budgets
+        if best is None or key < best[0] or key[0] == best[0][0] == 1:
+            best = (key, c, sp, s)
+    _, cost, space, sol = best
     name = "default" if supernet is None or str(supernet) == "default" else str(supernet)
     if sol.status == "infeasible":
         raise FineDeployError(
@@ -343,9 +422,15 @@ def plan(
     if not sol.ok:
         raise FineDeployError(f"the MILP solver stopped with status {sol.status!r}; report this with the command line")
     cost_rec = {**cost.describe(), "end_to_end_calibration": space.notes["end_to_end_calibration"]}
+    cost_rec["precision"] = precision_record(cost, table, precision, candidates, bases)
     cost_rec["latency_protocol"] = latency_protocol(table, sn, prof.name, supernet)
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
-                  {"batch": batch, "resolution": res, "dtype": DTYPE}, cost_rec)
+                  {"batch": batch, "resolution": res, "dtype": cost.dtype}, cost_rec)
+    if len(bases) > 1:
+        p.solver["precision_bases"] = tried
+        for row in p.explain:
+            if row["knob"] == "precision":  # the base is chosen across spaces, not inside one
+                row["why"] = "best of the bases, each solved exactly: " + "; ".join(tried)
     if output is not None:
         p.save(output)
     elapsed = time.perf_counter() - t0
@@ -361,6 +446,50 @@ def plan(
 
             print_plan(p, budget, elapsed)
     return p
+
+
+def _rank(sol: Solution, objective: str) -> tuple:
+    """Order of solutions of the per-base spaces: feasible first, then the objective, then the secondary."""
+    if not sol.ok:
+        return (1, 0.0, 0.0)
+    ev = sol.evaluation
+    fig = {"loss": ev.loss, "latency": ev.latency_s, "memory": ev.memory_bytes}
+    second = {"loss": "latency", "latency": "loss", "memory": "latency"}[objective]
+    return (0, float(f"{fig[objective]:.12g}"), float(f"{fig[second]:.12g}"))
+
+
+def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases) -> dict[str, Any]:
+    """plan.json's predicted.cost_model.precision: what was offered, and which latency figures are measured and
+    which are roofline estimates, per precision."""
+    measured = table is not None
+    per = {}
+    for p in candidates:
+        from fine_deploy.cost.precisions import compute_dtype
+
+        cd = compute_dtype(p)
+        if measured and cd == "fp32":
+            how = "measured (LUT)"
+        elif cd not in cost.profile.peak_flops:
+            how = (f"no {cd} rate in the {cost.profile.name} profile: priced at the fp32 figure, no speed-up "
+                   "assumed (not measured)")
+        elif measured:
+            how = f"LUT fp32 figure x the profile's spec-roofline {cd}/fp32 ratio (estimate)"
+        else:
+            how = f"spec roofline at the profile's {cd} peak (estimate)"
+        per[p] = how
+    left = {}
+    for p in cost.profile.precisions if asked == AUTO else ():
+        if p in candidates:
+            continue
+        left[p] = ("the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
+                   "(--precision fp32 plans it)") if p == "fp32" else (
+            "static int8 calibrates on the supernet's training images, which are not here "
+            "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)")
+    return {"asked": asked, "candidates": list(candidates), "left_out": left,
+            "bases": [{"*": b, "layers": list(lp)} for b, lp in bases],
+            "latency": per, "weight_bytes": "cost.precisions.WEIGHT_BITS per stored weight",
+            "activation_bytes": "the compute dtype's width where the profile states a rate for it (a palette "
+                                                "computes in fp16), else fp32"}
 
 
 def full_model_figures(space: Space) -> dict[str, float]:

@@ -30,7 +30,8 @@ def values_of(space: Space, config: dict[str, Any]) -> dict[str, int]:
     values = space.full_assignment()
     for k in space.knobs:
         given = (config.get("ranks") or {}).get(k.target) if k.kind == "rank" else \
-            (config.get("widths") or {}).get(k.target) if k.kind == "width" else config.get("depth")
+            (config.get("widths") or {}).get(k.target) if k.kind == "width" else \
+            config.get("depth") if k.kind == "depth" else None
         if given is None:
             continue
         if int(given) not in k.options:
@@ -94,9 +95,10 @@ def load_predictor(supernet: Any, device: str = "host", lut: str | Path | None =
 
     `raw` leaves out the end-to-end line, to fit one (fine_deploy.export.calibrate).
     """
+    from fine_deploy.cost.precisions import DEFAULT
     from fine_deploy.planner.build import build_space
     from fine_deploy.planner.costs import END_TO_END, CostModel
-    from fine_deploy.planner.plan import DTYPE, load_device
+    from fine_deploy.planner.plan import load_device
     from fine_deploy.planner.sensitivity import sensitivity_table
     from fine_deploy.supernet.core import load_supernet
 
@@ -104,7 +106,7 @@ def load_predictor(supernet: Any, device: str = "host", lut: str | Path | None =
     prof, table, _ = load_device(device, lut, profiles)
     if raw and table is not None:
         table.calibration.get(END_TO_END, {}).pop(sn.content_hash[:16], None)
-    cost = CostModel.build(prof, table, DTYPE)
+    cost = CostModel.build(prof, table, DEFAULT)  # the LUT and the end-to-end fit measure fp32 graphs
     res = sn.adapter.check_resolution(sn.spec.config, resolution)
     space = build_space(sn, cost, sensitivity_table(sn, progress=False), batch=batch, resolution=res)
     return Predictor(space, sn.content_hash, bool(space.notes["end_to_end_calibration"]), cost.describe())

@@ -233,6 +233,11 @@ def sensitivity_table(sn, *, cache: bool = True, progress: bool = True) -> dict[
     stored = sn.spec.sensitivity
     if _usable(stored, sn) and (not stored.get("proxy") or stored.get("reference") == "source"):
         return stored
+    return cached_proxy(sn, cache=cache, progress=progress)
+
+
+def cached_proxy(sn, *, cache: bool = True, progress: bool = True) -> dict[str, Any]:
+    """The random-input proxy table of `sn`, from the user cache when it is there."""
     path = _cache_path(sn.content_hash)
     if cache and path.is_file():
         try:
@@ -248,3 +253,142 @@ def sensitivity_table(sn, *, cache: bool = True, progress: bool = True) -> dict[
         except OSError:
             pass  # a read-only home must not stop planning
     return table
+
+
+# --- quality per precision (issue 14) -----------------------------------------------------------------------
+
+PRECISION_VERSION = 1
+# how each precision's weights are simulated in torch for the measurement (weights only: activations stay fp32)
+QUANTISERS = {
+    "fp32": "exact",
+    "fp16": "cast to float16",
+    "bf16": "cast to bfloat16",
+    "fp8": "per-tensor scaled cast to float8_e4m3fn",
+    "int8": "per-output-channel symmetric 8-bit fake quantisation",
+    "pal8": "uniform 256-entry palette per tensor (k-means-free approximation of Core ML's palettisation)",
+    "pal6": "uniform 64-entry palette per tensor (k-means-free approximation of Core ML's palettisation)",
+    "pal4": "uniform 16-entry palette per tensor (k-means-free approximation of Core ML's palettisation)",
+}
+STAR = "*"  # every parameter outside the factorised layers (plan.json's "*" precision)
+
+
+def fake_quantise(w: torch.Tensor, precision: str) -> torch.Tensor:
+    """`w` as it reads back after being stored at `precision` (QUANTISERS says how each is simulated)."""
+    from fine_deploy.cost.precisions import PALETTES
+
+    x = w.detach().float()
+    if precision == "fp32":
+        return x
+    if precision == "fp16":
+        return x.half().float()
+    if precision == "bf16":
+        return x.bfloat16().float()
+    if x.ndim < 2:  # biases and norm scales: the exporters keep them in a float format
+        return x.half().float()
+    if precision == "fp8":
+        scale = x.abs().max().clamp_min(1e-30) / 448.0  # E4M3's largest finite value
+        return (x / scale).to(torch.float8_e4m3fn).float() * scale
+    if precision == "int8":
+        flat = x.reshape(x.shape[0], -1)
+        scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / 127.0
+        return ((flat / scale).round().clamp(-127, 127) * scale).reshape(x.shape)
+    if precision in PALETTES:
+        lo, hi = x.min(), x.max()
+        steps = 2 ** PALETTES[precision] - 1
+        step = ((hi - lo) / steps).clamp_min(1e-30)
+        return (((x - lo) / step).round() * step + lo).half().float()
+    raise ValueError(f"no quantiser for precision {precision!r}")
+
+
+def _precision_path(content_hash: str) -> Path:
+    return cache_dir() / f"sensitivity-precision-v{PRECISION_VERSION}-{content_hash[:32]}.json"
+
+
+def _type_params(model, sn) -> dict[str, list[str]]:
+    """Type name -> the module weights its matrices are folded into; STAR -> every other parameter."""
+    out: dict[str, list[str]] = {}
+    taken = set()
+    for t in sn.types:
+        names = sorted({f"{p['module']}.weight" for m in t.matrices for p in m["parts"]})
+        out[t.name] = names
+        taken.update(names)
+    out[STAR] = sorted(n for n, _ in model.named_parameters() if n not in taken)
+    return out
+
+
+def precision_losses(sn, table: dict[str, Any], precisions: list[str] | tuple[str, ...], *, cache: bool = True,
+                     progress: bool = True) -> dict[str, Any]:
+    """Per type (and STAR), the relative output error of the full model with only that type's weights stored at
+    each precision, on the proxy's batch and metric, so a precision step and a rank step weigh on one scale.
+
+    Kept in its own cache file per supernet hash (a sensitivity table cached before precisions existed stays
+    valid); precisions missing from it are measured and added. Errors of weights at a precision and at a lower
+    rank are taken to add up, as the rank entries of different types are (the planner's additive objective)."""
+    path = _precision_path(sn.content_hash)
+    rec: dict[str, Any] = {}
+    if cache and path.is_file():
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            rec = {}  # a damaged cache entry is recomputed
+    inputs = table.get("inputs") or {"batch": PROXY_BATCH, "seed": PROXY_SEED, "resolution": None}
+    if rec.get("inputs") != inputs:
+        rec = {}
+    want = [p for p in precisions if p != "fp32"]
+    losses: dict[str, dict[str, float]] = rec.get("losses") or {}
+    missing = [p for p in want if any(p not in losses.get(g, {}) for g in [*(t.name for t in sn.types), STAR])]
+    if missing:
+        ad = sn.adapter
+        with one_thread(), torch.no_grad():
+            model = sn.subnet(sn.full_config())
+            groups = _type_params(model, sn)
+            x = ad.example_inputs(sn.spec.config, inputs["batch"], inputs["resolution"], inputs["seed"],
+                                  sn.text_tokens)
+            y_full = ad.run(model, x).double()
+            denom = float((y_full**2).sum()) or 1.0
+            params = dict(model.named_parameters())
+            with Progress(transient=True, disable=not progress) as bar:
+                task = bar.add_task("quality per precision", total=len(missing) * len(groups))
+                for p in missing:
+                    for g, names in groups.items():
+                        saved = {n: params[n].detach().clone() for n in names}
+                        for n in names:
+                            params[n].copy_(fake_quantise(params[n], p))
+                        y = ad.run(model, x).double()
+                        losses.setdefault(g, {})[p] = float(((y - y_full) ** 2).sum()) / denom
+                        for n in names:
+                            params[n].copy_(saved[n])
+                        bar.advance(task)
+        rec = {"version": PRECISION_VERSION, "metric": PROXY_METRIC, "inputs": inputs,
+               "quantisers": {p: QUANTISERS[p] for p in sorted({*rec.get("quantisers", {}), *missing})},
+               "losses": losses}
+        if cache:
+            try:
+                atomic_write_json(path, rec)
+            except OSError:
+                pass  # a read-only home must not stop planning
+    scale, how = 1.0, None
+    if table.get("metric") != PROXY_METRIC:
+        scale = _proxy_scale(sn, table, cache=cache, progress=progress)
+        how = (f"{PROXY_METRIC} x {scale:.6g}: the least-squares ratio of the table's {table.get('metric')} to "
+               "the proxy's figure over every rank entry, so that precision and rank steps weigh on one scale")
+    out = {g: {"fp32": 0.0, **{p: scale * v[p] for p in want if p in v}} for g, v in losses.items()}
+    for g in [*(t.name for t in sn.types), STAR]:
+        out.setdefault(g, {"fp32": 0.0})
+    return {"metric": table.get("metric", PROXY_METRIC), "measured_as": PROXY_METRIC, "scaled": how,
+            "inputs": inputs, "weights_only": True,
+            "quantisers": {p: QUANTISERS[p] for p in ["fp32", *want]}, "losses": out}
+
+
+def _proxy_scale(sn, table: dict[str, Any], *, cache: bool, progress: bool) -> float:
+    """Table metric per unit of the proxy's relative output MSE, fitted through the origin on the rank entries
+    both measure (a trained table's held-out loss increase and the proxy's error of the same rank)."""
+    proxy = cached_proxy(sn, cache=cache, progress=progress)
+    num = den = 0.0
+    for t in sn.types:
+        for r in t.rank_options:
+            a = float(table["ranks"][t.name][str(r)])
+            b = float(proxy["ranks"][t.name][str(r)])
+            num += a * b
+            den += b * b
+    return num / den if den > 0 and num > 0 else 1.0

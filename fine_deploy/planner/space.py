@@ -14,14 +14,25 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from fine_deploy.cost.precisions import PRECISIONS
 from fine_deploy.errors import FineDeployError
+
+
+def precision_code(precision: str) -> int:
+    """A precision as a knob value: knob values are ascending ints whose last is the full model's, so the
+    code grows with the bits a weight keeps (fp32 highest)."""
+    return len(PRECISIONS) - 1 - PRECISIONS.index(precision)
+
+
+def precision_name(code: int) -> str:
+    return PRECISIONS[len(PRECISIONS) - 1 - code]
 
 
 @dataclass
 class Knob:
     name: str  # "rank.qkv", "width.stage1", "depth"
-    kind: str  # "rank" | "width" | "depth"
-    target: str  # type name, width knob name, or "depth"
+    kind: str  # "rank" | "width" | "depth" | "precision" (values: precision_code)
+    target: str  # type name, width knob name, "depth", or for precision a type name or "*" (outside the layers)
     options: list[int]  # ascending
     loss: list[float]  # quality loss of each option (the sensitivity table; 0 at full)
     latency_s: list[float] = field(default_factory=list)  # extra seconds per option (e.g. dense ops of a depth)
@@ -52,6 +63,7 @@ class LayerOption:
     # of latency_s, the roofline-priced ops around the layer (attention core, elementwise): the end-to-end
     # calibration weighs them apart from the layer's own measured cost
     extra_s: float = 0.0
+    precision: str = "fp32"  # what its weights are stored at (a knob value too where the space has precision knobs)
 
 
 @dataclass

@@ -147,3 +147,15 @@ class SupernetSpec:
 
 
 _FIELDS = {f.name for f in fields(SupernetSpec)}
+
+
+def training_data_source(spec: SupernetSpec) -> str | None:
+    """The images the supernet was trained on where they can be loaded here: "digits", or an image folder that
+    still exists (what static int8 calibrates on when no --calib is given); None otherwise."""
+    from pathlib import Path
+
+    prov = spec.provenance or {}
+    source = (prov.get("data") or {}).get("source") or ((prov.get("recipe") or {}).get("data") or {}).get("source")
+    if not isinstance(source, str) or (source != "digits" and not Path(source).is_dir()):
+        return None
+    return source

@@ -113,9 +113,10 @@ def fraction(data: ImageSet, frac: float, seed: int) -> ImageSet:
 def recipe_calibration(sn: Any, resolution: int) -> torch.Tensor | None:
     """The images a supernet was trained on, where they can be loaded here (static int8's calibration data
     when no --calib is given): "digits", or an image folder that still exists; None otherwise."""
-    prov = sn.spec.provenance or {}
-    source = (prov.get("data") or {}).get("source") or ((prov.get("recipe") or {}).get("data") or {}).get("source")
-    if not isinstance(source, str) or (source != "digits" and not Path(source).is_dir()):
+    from fine_deploy.supernet.spec import training_data_source
+
+    source = training_data_source(sn.spec)
+    if source is None:
         return None
     channels = int(sn.spec.config.get("in_channels", 1))
     return load_images(source, resolution, channels).images
