@@ -191,7 +191,8 @@ def with_precision(space: Space, seed: int) -> Space:
         layers.append(LayerSpace(la.name, la.type, (*la.knobs, f"precision.{la.type}"), opts, la.block))
     fp16, int8 = precision_code("fp16"), precision_code("int8")
     clash = [((f"precision.{a}", fp16), (f"precision.{b}", int8)) for a in types for b in types if a != b]
-    return Space(knobs, layers, bases, space.const_latency_s, space.const_bytes, space.forbidden + clash)
+    return Space(knobs, layers, bases, space.const_latency_s, space.const_bytes, space.dense_bytes, space.pair_bytes,
+                 space.forbidden + clash)
 
 
 @pytest.mark.parametrize("seed", range(4))
