@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from provenance import git_commit  # noqa: E402
+from provenance import provenance  # noqa: E402
 from steps import bench_medians, fine_deploy  # noqa: E402
 
 TARGET_WEIGHT_ERR = 0.10
@@ -189,8 +189,7 @@ def main() -> int:
         "protocol": "fine-deploy bench's statistic at the plans' protocol (benchmarks/steps.bench_medians)",
         "quality": {"heldout": "ε-MSE on the default's held-out digits x 2 fixed (noise, t) draws, run by ONNX Runtime",
                     "frechet": f"{samples} DDIM {steps}-step samples, guidance {guidance}, digits classifier features"},
-        "provenance": {"git_commit": git_commit(), "args": {k: str(v) for k, v in vars(args).items()},
-                       "supernet": {"path": "default", "sha256": sn.content_hash}, "lut_sha256": lut_sha},
+        "provenance": {**provenance(args, "default"), "lut_sha256": lut_sha},
     })
     print(f"wrote {args.json}")
     return 0 if max(errs) <= TARGET_WEIGHT_ERR else 1
