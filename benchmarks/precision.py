@@ -4,10 +4,11 @@
    with. ONNX Runtime CPU runs fp32 and int8; the LUT measures fp32, and int8 layers are priced at their fp32
    figure (the planner assumes no int8 speed-up it has not measured: plan.json says so).
 2. At N latency budgets between the fastest and the full subnet as the planner prices them, the default
-   supernet is planned twice: `--precision auto` (fp32 or int8 per type) and `--precision fp32`, both under
+   supernet is planned twice: `--precision auto` and `--precision fp32`, both under
    --mem (default 4GB; --weight-fraction F takes (1 - F) of the fp32 full model's weight bytes off its memory,
    so that memory binds, which is where int8 pays on a CPU that does not run it faster). Both are exported to
-   ONNX (int8: static QDQ calibrated on the recipe's images).
+   ONNX (int8: static QDQ calibrated on the recipe's images). On this host `auto` leaves int8 out: the
+   profile states no int8 rate and step 3 measures int8 slower than fp32, so auto's plans are fp32 here.
 3. The int8 speed-up: the full subnet's fp32 plan exported at fp32 and at --precision int8.
 4. Every export is measured in one interleaved `bench` run at the plans' protocol (runtime.timing.PREDICTION).
 5. Quality of each export, run by ONNX Runtime: the held-out denoising loss (the default's held-out digits ×

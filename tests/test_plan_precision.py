@@ -107,16 +107,26 @@ def test_host_int8_plan_exports_an_onnx_stock_onnxruntime_runs_with_int8_weights
 
 
 def test_auto_under_a_tight_memory_budget_lowers_precision_before_cutting_ranks(tmp_path):
-    full = plan("host", "2GB", precision="fp32", output=tmp_path / "a.json", show=False)
+    dev = "jetson-orin-nano-4gb"  # states fp16 and int8 rates: auto chooses between them
+    full = plan(dev, "3GB", precision="fp16", output=tmp_path / "a.json", show=False)
     parts = full.predicted["memory_parts"]
     budget = int(full.predicted["memory_bytes"] - 0.3 * parts["weights"])
-    cut = plan("host", f"{budget}B", precision="fp32", output=tmp_path / "b.json", show=False)
-    auto = plan("host", f"{budget}B", output=tmp_path / "c.json", show=False)
+    cut = plan(dev, f"{budget}B", precision="fp16", output=tmp_path / "b.json", show=False)
+    auto = plan(dev, f"{budget}B", output=tmp_path / "c.json", show=False)
     assert auto.predicted["memory_bytes"] <= budget
     assert "int8" in auto.precision.values()
-    # int8 weights cost less quality than the rank or depth cuts an fp32-only plan needs for the same budget
+    # int8 weights cost less quality than the rank or depth cuts an fp16-only plan needs for the same budget
     assert auto.predicted["quality_loss"] < cut.predicted["quality_loss"]
     assert auto.subnet["ranks"] == full.subnet["ranks"]
+
+
+def test_auto_on_the_host_leaves_out_int8_whose_speed_it_cannot_price(tmp_path):
+    """ONNX Runtime CPU states no int8 rate and its static int8 export measured slower than fp32 here: an int8
+    plan priced at the fp32 figure could break its latency budget, so auto plans fp32 and says why."""
+    p = plan("host", "2GB", output=tmp_path / "p.json", show=False)
+    rec = p.predicted["cost_model"]["precision"]
+    assert rec["candidates"] == ["fp32"] and p.precision == {}
+    assert "states no int8 rate" in rec["left_out"]["int8"] and "--precision int8" in rec["left_out"]["int8"]
 
 
 def test_precision_losses_are_measured_once_cached_and_grow_as_bits_drop(tmp_path, monkeypatch):
@@ -182,9 +192,10 @@ def test_layers_are_priced_per_precision_and_say_how():
 def test_auto_leaves_int8_out_where_its_export_would_lack_calibration_images(dit_supernet, tmp_path):
     """A converted supernet has no training images here: static int8 could not calibrate, so `auto` plans
     without int8 (and says why); --precision int8 still plans it."""
-    p = plan("host", "1GB", supernet=dit_supernet, output=tmp_path / "a.json", show=False)
+    dev = "jetson-orin-nano-4gb"  # states an int8 rate: only the missing images keep int8 out
+    p = plan(dev, "3GB", supernet=dit_supernet, output=tmp_path / "a.json", show=False)
     rec = p.predicted["cost_model"]["precision"]
-    assert rec["candidates"] == ["fp32"] and "calibrates" in rec["left_out"]["int8"]
-    assert p.precision == {}
-    pinned = plan("host", "1GB", supernet=dit_supernet, precision="int8", output=tmp_path / "b.json", show=False)
+    assert rec["candidates"] == ["fp16"] and "calibrates" in rec["left_out"]["int8"]
+    assert p.precision == {"*": "fp16"}
+    pinned = plan(dev, "3GB", supernet=dit_supernet, precision="int8", output=tmp_path / "b.json", show=False)
     assert pinned.precision == {"*": "int8"}

@@ -43,7 +43,10 @@ def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
 
     `auto` leaves out int8 for a supernet `sn` whose training images are not here: its export would need
     calibration images the user has to supply (--calib) or dynamic quantisation, so int8 is planned only
-    when asked for (--precision int8)."""
+    when asked for (--precision int8). It also leaves out a precision whose compute rate the profile does not
+    state (int8 on ONNX Runtime CPU): its latency would be a guess, and the full default subnet's static int8
+    export measured 0.82x the fp32 speed on the 2-core host (benchmarks/results/precision.json), so a plan
+    choosing it under a binding memory budget would break its latency budget."""
     from fine_deploy.cost.precisions import check_precision
 
     if precision != AUTO:
@@ -55,6 +58,11 @@ def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
 
         if training_data_source(sn.spec) is None:
             got = tuple(p for p in got if p != "int8") or got
+    from fine_deploy.cost.precisions import compute_dtype
+
+    unpriced = [p for p in got if compute_dtype(p) not in profile.peak_flops]
+    if len(got) > len(unpriced) and unpriced:
+        got = tuple(p for p in got if p not in unpriced)
     fp32 = profile.peak_flops.get("fp32")
     fast = max((profile.peak_flops.get(d, 0.0) for d in ("fp16", "bf16") if d in got), default=0.0)
     if fp32 and fast >= FALLBACK_RATIO * fp32 and len(got) > 1:
@@ -481,10 +489,17 @@ def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases
     for p in cost.profile.precisions if asked == AUTO else ():
         if p in candidates:
             continue
-        left[p] = ("the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
-                   "(--precision fp32 plans it)") if p == "fp32" else (
-            "static int8 calibrates on the supernet's training images, which are not here "
-            "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)")
+        from fine_deploy.cost.precisions import compute_dtype
+
+        if p == "fp32":
+            left[p] = ("the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
+                       "(--precision fp32 plans it)")
+        elif compute_dtype(p) not in cost.profile.peak_flops:
+            left[p] = (f"the {cost.profile.name} profile states no {compute_dtype(p)} rate, so its latency would be "
+                       "a guess (--precision " + p + " plans it at the fp32 figure)")
+        else:
+            left[p] = ("static int8 calibrates on the supernet's training images, which are not here "
+                       "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)")
     return {"asked": asked, "candidates": list(candidates), "left_out": left,
             "bases": [{"*": b, "layers": list(lp)} for b, lp in bases],
             "latency": per, "weight_bytes": "cost.precisions.WEIGHT_BITS per stored weight",
