@@ -90,10 +90,9 @@ def _limits(space: Space, rng: random.Random) -> dict[str, Limits]:
     }
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_milp_equals_brute_force(seed):
-    space = synthetic_space(seed)
-    rng = random.Random(1000 + seed)
+def _solutions_equal_brute_force(space, rng: random.Random) -> list:
+    """Solve every objective under random limits; each solution is feasible and optimal by brute force."""
+    out = []
     for objective, limits in _limits(space, rng).items():
         sol = solve(space, objective, limits)
         want = brute_force(space, objective, limits)
@@ -107,6 +106,13 @@ def test_milp_equals_brute_force(seed):
         assert min(parts.values()) >= 0 and sum(parts.values()) == pytest.approx(sol.evaluation.memory_bytes)
         assert _value(sol, objective) == pytest.approx(want, rel=1e-6, abs=1e-12), objective
         assert sol.figures["mip_gap"] <= 1e-9
+        out.append(sol)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_milp_equals_brute_force(seed):
+    _solutions_equal_brute_force(synthetic_space(seed), random.Random(1000 + seed))
 
 
 def test_infeasible_is_reported_and_min_budget_is_exact():
@@ -197,19 +203,11 @@ def with_precision(space: Space, seed: int) -> Space:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_milp_with_precision_knobs_equals_brute_force(seed):
-    space = with_precision(synthetic_space(seed, layers_per_type=1), seed)
-    rng = random.Random(2000 + seed)
-    for objective, limits in _limits(space, rng).items():
-        sol = solve(space, objective, limits)
-        want = brute_force(space, objective, limits)
-        if want is None:
-            assert sol.status == "infeasible"
-            continue
-        assert sol.ok and within(sol.evaluation, limits), (objective, sol.status)
-        assert _value(sol, objective) == pytest.approx(want, rel=1e-6, abs=1e-12), objective
-        p = {k.target: sol.values[k.name] for k in space.knobs if k.kind == "precision"}
-        from fine_deploy.planner.space import precision_code
+    from fine_deploy.planner.space import precision_code
 
+    space = with_precision(synthetic_space(seed, layers_per_type=1), seed)
+    for sol in _solutions_equal_brute_force(space, random.Random(2000 + seed)):
+        p = {k.target: sol.values[k.name] for k in space.knobs if k.kind == "precision"}
         assert not ({precision_code("fp16"), precision_code("int8")} <= set(p.values())), "a forbidden mixture"
 
 
