@@ -89,7 +89,8 @@ def test_profile_calibration_makes_plan_predict_what_bench_measures(dit_supernet
     r = bench([exp], runs=10, warmup=2, progress=False, show=False, calibrate=False, measure_mem=False, spinup_s=0)
     assert r.settings.threads == 1  # the plan's protocol, not the runtime's default threads
     p = r.models[0].predicted
-    assert p["calibrated"] and p["latency_s"] == json.loads(out.read_text())["predicted"]["latency_s"]
+    assert p["calibrated"] and p["device"] == "host"
+    assert p["latency_s"] == json.loads(out.read_text())["predicted"]["latency_s"]
     assert p["measured_over_predicted"] == pytest.approx(r.models[0].stats["median"] / p["latency_s"])
 
 

@@ -58,7 +58,8 @@ def plan_prediction(path: Path) -> dict[str, Any] | None:
     if not isinstance(pr.get("latency_s"), (int, float)):
         return None
     proto = (pr.get("cost_model") or {}).get("latency_protocol") or {}
-    return {"latency_s": float(pr["latency_s"]), "calibrated": bool(proto.get("calibrated")),
+    device = ((manifest.get("plan") or {}).get("profile") or {}).get("resolved")
+    return {"latency_s": float(pr["latency_s"]), "device": device, "calibrated": bool(proto.get("calibrated")),
             "threads": proto.get("threads"), "block": (proto.get("protocol") or {}).get("runs_per_round"),
             "protocol": proto.get("description")}
 
@@ -441,6 +442,8 @@ def print_bench(result: BenchResult) -> None:
         if m.predicted:
             p = m.predicted
             how = p["protocol"] if p["calibrated"] else "uncalibrated layer sum: run `fine-deploy profile --supernet`"
+            if p.get("device") not in (None, "host"):  # planned for another device: not a promise about this one
+                how = f"for {p['device']}, not this machine"
             console.print(f"{m.name}: plan predicted {_ms(p['latency_s'])} ms ({how}); measured median "
                           f"{_ms(m.stats['median'])} ms = {p['measured_over_predicted']:.2f}x")
 
