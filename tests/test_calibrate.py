@@ -79,6 +79,7 @@ def test_profile_calibration_makes_plan_predict_what_bench_measures(dit_supernet
     assert res.exit_code == 0, res.output
     proto = json.loads(out.read_text())["predicted"]["cost_model"]["latency_protocol"]
     assert proto["calibrated"] is True and proto["threads"] == 1 and proto["note"] is None
+    assert proto["margin"] == rec["margin_applied"]  # the margin the fit was raised by, as stored
     assert "median wall time" in proto["description"]
 
     exp = tmp_path / "exp"

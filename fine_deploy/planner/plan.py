@@ -256,7 +256,7 @@ def latency_protocol(table, sn, device: str, supernet: str | Path | None) -> dic
         proto = Protocol.from_dict(cal.get("protocol") or PREDICTION.to_dict())
         return {"calibrated": True, "protocol": proto.to_dict(), "description": describe(proto),
                 "threads": proto.threads, "fit_median_abs_rel_error": cal.get("median_abs_rel_error"),
-                "margin": cal.get("margin"), "note": None}
+                "margin": cal.get("margin_applied", cal.get("margin")), "note": None}
     if table is None:
         note = (f"no LUT measured for {device}: latency is the device profile's roofline, a rough guess; run "
                 f"`fine-deploy profile --device {device}{sn_opt}` on the device")
