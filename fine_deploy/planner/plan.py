@@ -38,8 +38,9 @@ MIXABLE = ("fp16", "int8")
 FALLBACK_RATIO = 2.0
 
 
-def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
-    """The precisions `--precision` lets the planner choose on `profile` (checked: one line naming the device's).
+def precision_candidates(profile, precision: str, sn=None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The precisions `--precision` lets the planner choose on `profile` (checked: one line naming the device's),
+    and why `auto` left each of the device's other precisions out.
 
     `auto` leaves out int8 for a supernet `sn` whose training images are not here: its export would need
     calibration images the user has to supply (--calib) or dynamic quantisation, so int8 is planned only
@@ -47,27 +48,36 @@ def precision_candidates(profile, precision: str, sn=None) -> tuple[str, ...]:
     state (int8 on ONNX Runtime CPU): its latency would be a guess, and the full default subnet's static int8
     export measured 0.82x the fp32 speed on the 2-core host (benchmarks/results/precision.json), so a plan
     choosing it under a binding memory budget would break its latency budget."""
-    from fine_deploy.cost.precisions import check_precision
+    from fine_deploy.cost.precisions import check_precision, compute_dtype
 
     if precision != AUTO:
         check_precision(precision, "--precision")
-        return (profile.require_precision(precision),)
-    got = tuple(profile.precisions)
-    if sn is not None and len(got) > 1:
+        return (profile.require_precision(precision),), {}
+    got, left = tuple(profile.precisions), {}
+
+    def drop(names: list[str], why) -> None:
+        nonlocal got
+        if names and len(got) > len(names):  # never all of them: the device must keep something to plan
+            got = tuple(p for p in got if p not in names)
+            left.update({p: why(p) for p in names})
+
+    if sn is not None:
         from fine_deploy.supernet.spec import training_data_source
 
         if training_data_source(sn.spec) is None:
-            got = tuple(p for p in got if p != "int8") or got
-    from fine_deploy.cost.precisions import compute_dtype
-
-    unpriced = [p for p in got if compute_dtype(p) not in profile.peak_flops]
-    if len(got) > len(unpriced) and unpriced:
-        got = tuple(p for p in got if p not in unpriced)
+            drop([p for p in got if p == "int8"], lambda p: (
+                "static int8 calibrates on the supernet's training images, which are not here "
+                "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)"))
+    drop([p for p in got if compute_dtype(p) not in profile.peak_flops], lambda p: (
+        f"the {profile.name} profile states no {compute_dtype(p)} rate, so its latency would be a guess "
+        f"(--precision {p} plans it at the fp32 figure)"))
     fp32 = profile.peak_flops.get("fp32")
     fast = max((profile.peak_flops.get(d, 0.0) for d in ("fp16", "bf16") if d in got), default=0.0)
-    if fp32 and fast >= FALLBACK_RATIO * fp32 and len(got) > 1:
-        got = tuple(p for p in got if p != "fp32")
-    return got
+    if fp32 and fast >= FALLBACK_RATIO * fp32:
+        drop([p for p in got if p == "fp32"], lambda p: (
+            "the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
+            "(--precision fp32 plans it)"))
+    return got, left
 
 
 def precision_bases(candidates: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
@@ -393,7 +403,7 @@ def plan(
     prof, table, device_rec = load_device(device, lut, profiles)
     precision_candidates(prof, precision)  # a precision the device does not run is refused before any work
     sn = load_supernet(supernet)
-    candidates = precision_candidates(prof, precision, sn)
+    candidates, left_out = precision_candidates(prof, precision, sn)
     res = sn.adapter.check_resolution(sn.spec.config, resolution)
     bases = precision_bases(candidates)
     cost = CostModel.build(prof, table, bases[0][0])
@@ -430,7 +440,7 @@ def plan(
     if not sol.ok:
         raise FineDeployError(f"the MILP solver stopped with status {sol.status!r}; report this with the command line")
     cost_rec = {**cost.describe(), "end_to_end_calibration": space.notes["end_to_end_calibration"]}
-    cost_rec["precision"] = precision_record(cost, table, precision, candidates, bases)
+    cost_rec["precision"] = precision_record(cost, table, precision, candidates, left_out, bases)
     cost_rec["latency_protocol"] = latency_protocol(table, sn, prof.name, supernet)
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
                   {"batch": batch, "resolution": res, "dtype": cost.dtype}, cost_rec)
@@ -466,14 +476,15 @@ def _rank(sol: Solution, objective: str) -> tuple:
     return (0, float(f"{fig[objective]:.12g}"), float(f"{fig[second]:.12g}"))
 
 
-def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases) -> dict[str, Any]:
-    """plan.json's predicted.cost_model.precision: what was offered, and which latency figures are measured and
-    which are roofline estimates, per precision."""
+def precision_record(cost, table, asked: str, candidates: tuple[str, ...], left_out: dict[str, str],
+                     bases) -> dict[str, Any]:
+    """plan.json's predicted.cost_model.precision: what was offered and what auto left out (precision_candidates),
+    and which latency figures are measured and which are roofline estimates, per precision."""
+    from fine_deploy.cost.precisions import compute_dtype
+
     measured = table is not None
     per = {}
     for p in candidates:
-        from fine_deploy.cost.precisions import compute_dtype
-
         cd = compute_dtype(p)
         if measured and cd == "fp32":
             how = "measured (LUT)"
@@ -485,26 +496,11 @@ def precision_record(cost, table, asked: str, candidates: tuple[str, ...], bases
         else:
             how = f"spec roofline at the profile's {cd} peak (estimate)"
         per[p] = how
-    left = {}
-    for p in cost.profile.precisions if asked == AUTO else ():
-        if p in candidates:
-            continue
-        from fine_deploy.cost.precisions import compute_dtype
-
-        if p == "fp32":
-            left[p] = ("the device's fp16/bf16 rate is >= 2x its fp32 rate: fp32 is its reference path "
-                       "(--precision fp32 plans it)")
-        elif compute_dtype(p) not in cost.profile.peak_flops:
-            left[p] = (f"the {cost.profile.name} profile states no {compute_dtype(p)} rate, so its latency would be "
-                       "a guess (--precision " + p + " plans it at the fp32 figure)")
-        else:
-            left[p] = ("static int8 calibrates on the supernet's training images, which are not here "
-                       "(--precision int8 plans it; export it with --calib or --int8-mode dynamic)")
-    return {"asked": asked, "candidates": list(candidates), "left_out": left,
+    return {"asked": asked, "candidates": list(candidates), "left_out": left_out,
             "bases": [{"*": b, "layers": list(lp)} for b, lp in bases],
             "latency": per, "weight_bytes": "cost.precisions.WEIGHT_BITS per stored weight",
             "activation_bytes": "the compute dtype's width where the profile states a rate for it (a palette "
-                                                "computes in fp16), else fp32"}
+                                "computes in fp16), else fp32"}
 
 
 def full_model_figures(space: Space) -> dict[str, float]:
