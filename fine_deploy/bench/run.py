@@ -18,7 +18,14 @@ from fine_deploy.bench.schema import BenchResult, BenchSettings, Calibration, Mo
 from fine_deploy.bench.stats import ESTIMATOR, summarize
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_write_json, sha256_file
-from fine_deploy.runtime import Session, SessionOptions, machine_fingerprint, open_session, resolve_artifact
+from fine_deploy.runtime import (
+    Artifact,
+    Session,
+    SessionOptions,
+    machine_fingerprint,
+    open_session,
+    resolve_artifact,
+)
 
 ORDERS = ("interleaved", "sequential")
 ORDER_DETAIL = {
@@ -51,9 +58,9 @@ def parse_shapes(specs: Sequence[str] | Mapping[str, Sequence[int]] | None) -> d
     return out
 
 
-def plan_prediction(path: Path) -> dict[str, Any] | None:
+def plan_prediction(artifact: Artifact) -> dict[str, Any] | None:
     """The latency the plan behind an exported artifact promised (from its manifest), or None."""
-    manifest = resolve_artifact(path).manifest or {}
+    manifest = artifact.manifest or {}
     pr = (manifest.get("plan") or {}).get("predicted") or {}
     if not isinstance(pr.get("latency_s"), (int, float)):
         return None
@@ -202,13 +209,12 @@ def bench(
     output_file(json_path, "--json", "bench.json")  # refused before measuring, not after
     overrides = parse_shapes(shapes)
     resolved = [Path(p) for p in paths]
-    for p in resolved:
-        resolve_artifact(p)  # fail on a bad path before spending time loading the others
+    artifacts = [resolve_artifact(p) for p in resolved]  # fail on a bad path before loading the others
     names = list(labels) if labels else _labels(resolved)
     if len(names) != len(resolved) or len(set(names)) != len(names):
         raise FineDeployError("labels must be unique, one per artifact")
     unused = set(overrides)
-    predictions = [plan_prediction(p) for p in resolved]
+    predictions = [plan_prediction(a) for a in artifacts]
     planned = {p["threads"] for p in predictions if p is not None and p["threads"]}
     from_plans = len(planned) == 1 and all(predictions)
     if threads is None and from_plans:
@@ -310,7 +316,7 @@ def bench(
                 bar.advance(task, len(e.samples) / len(entries))
 
     models = []
-    for e, pred in zip(entries, predictions, strict=True):
+    for e, art, pred in zip(entries, artifacts, predictions, strict=True):
         st = summarize(e.samples)
         if pred is not None:
             pred = {**pred, "measured_over_predicted": st["median"] / pred["latency_s"]}
@@ -319,8 +325,8 @@ def bench(
                 name=e.name,
                 path=str(e.path),
                 sha256=sha256_file(e.session.model_path) if e.session.model_path.is_file() else None,
-                format=resolve_artifact(e.path).format,
-                precision=resolve_artifact(e.path).precision,
+                format=art.format,
+                precision=art.precision,
                 backend=e.session.backend,
                 providers=list(e.session.providers),
                 session=e.session.describe(),
