@@ -107,12 +107,8 @@ def session_memory(
     options = options or SessionOptions(threads=1, spinning=False)
     args = {"path": str(path), "threads": options.threads, "spinning": options.spinning, "backend": backend,
             "shapes": {k: list(v) for k, v in (shapes or {}).items()}, "batch": batch, "warmup": warmup}
-    # the child imports this very fine_deploy (a source checkout may shadow an installed one)
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     try:
-        proc = subprocess.run([sys.executable, "-m", "fine_deploy.runtime.rss", json.dumps(args)],
-                              capture_output=True, text=True, env=env, timeout=600)
+        proc = _child(json.dumps(args), timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
         return dict(NONE), str(e)[:200]
     lines = proc.stdout.strip().splitlines()
@@ -137,26 +133,35 @@ def median_session_rss(path: str | os.PathLike, repeats: int = 3) -> int:
     return int(np.median([session_rss(path) for _ in range(repeats)]))
 
 
-_RUNTIME_RSS = r"""
-import numpy, onnx  # not the runtime's: loaded before the baseline
-from fine_deploy.runtime.rss import rss_bytes, _warm_runtime
-from fine_deploy.runtime.spec import SessionOptions
-before = rss_bytes()
-_warm_runtime(SessionOptions(threads=1, spinning=False), "onnxruntime-cpu")
-print(rss_bytes() - before)
-"""
-
-
 def runtime_rss_bytes() -> int:
     """Resident memory ONNX Runtime adds to a process: its libraries plus one tiny session."""
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    out = subprocess.run([sys.executable, "-c", _RUNTIME_RSS], capture_output=True, text=True, timeout=120,
-                         env=env, check=True)
+    out = _child(RUNTIME, timeout=120)
+    if out.returncode != 0:
+        raise FineDeployError(f"measuring ONNX Runtime's own memory failed: {(out.stderr.strip() or '?')[-200:]}")
     return int(out.stdout.strip().splitlines()[-1])
 
 
+RUNTIME = "runtime"  # the child's argument for runtime_rss_bytes
+
+
+def _child(arg: str, timeout: float) -> subprocess.CompletedProcess:
+    """This module in a fresh Python process; it imports this very fine_deploy (a source checkout may shadow an
+    installed one)."""
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.run([sys.executable, "-m", "fine_deploy.runtime.rss", arg], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
 def _main(argv: list[str]) -> int:
+    if argv[0] == RUNTIME:
+        import numpy  # noqa: F401  loaded before the baseline: not the runtime's
+        import onnx  # noqa: F401
+
+        before = rss_bytes()
+        _warm_runtime(SessionOptions(threads=1, spinning=False), "onnxruntime-cpu")
+        print(rss_bytes() - before)
+        return 0
     a = json.loads(argv[0])
     options = SessionOptions(threads=a["threads"], spinning=a["spinning"])
     shapes = {k: tuple(v) for k, v in a["shapes"].items()}
