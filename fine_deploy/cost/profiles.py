@@ -324,7 +324,7 @@ def probe_host(threads: int = 1) -> dict[str, Any]:
         "memory_bandwidth": bw,
         "memory_bytes": total,
         "usable_memory_bytes": available,
-        "runtime_overhead_bytes": runtime_rss_bytes(),  # fine_deploy.runtime.rss
+        "runtime_overhead_bytes": runtime_rss_bytes(),
         # an empty ONNX Runtime run from Python costs ~10 us; the calibration replaces this guess
         "launch_overhead_s": 2.0e-6,
         "probed": {"cores": cores, "threads": threads, "gemm_n": _GEMM_N, "copy_bytes": _COPY_BYTES},

@@ -5,8 +5,10 @@ of a model (attention core, norms, embeddings, the runtime's graph overhead) is 
 user times a whole model by its median wall time. On ONNX Runtime CPU whole default subnets measured about
 twice the layer sum. So subnets spread over the latency range — the plans `plan` would make at budgets
 from the fastest to the full model, and random ones — are exported, timed under runtime.timing.PREDICTION,
-and `measured = scale x predicted + fixed_s` is fitted by least relative squares; the planner then prices
-every option on that line (fine_deploy.planner.build). The fit is stored in the LUT's free-form
+and  measured = a x Σ layer costs + b x Σ roofline-priced ops around them + c x blocks run + d  is fitted by
+least relative squares with a, b, c, d >= 0 (planner.costs.TERMS; one scale and a fixed part left ±9% misfits
+on the default DiT, whose blocks hold ~0.1 ms of work no factorised layer prices); the planner then reprices
+every option on that fit (planner.costs.apply_calibration). The fit is stored in the LUT's free-form
 `calibration` under `end_to_end.<supernet hash prefix>`, so the plan's LUT hash covers it. A margin (a high
 quantile of the under-predictions left after the fit) makes the fit a near-upper bound of what was
 measured: the budget is a promise.
@@ -27,7 +29,7 @@ from fine_deploy.planner.costs import END_TO_END as KEY
 from fine_deploy.runtime.timing import PREDICTION, Protocol
 from fine_deploy.runtime.timing import describe as describe_protocol
 
-MARGIN_QUANTILE = 0.9  # the under-prediction the line is raised by: of the calibration subnets, this share is covered
+MARGIN_QUANTILE = 0.9  # the under-prediction the fit is raised by: of the calibration subnets, this share is covered
 
 
 def time_artifacts(dirs: list[Path], protocol: Protocol = PREDICTION, backend: str = "onnxruntime-cpu",
@@ -106,7 +108,7 @@ def fit_terms(terms: list[dict[str, float]], measured: np.ndarray) -> tuple[dict
 def calibrate(supernet: str | Path | None, lut: str | Path, *, device: str = "host", points: int = 24,
               profiles: str | Path | None = None, protocol: Protocol = PREDICTION, seed: int = 0,
               show_progress: bool = True) -> dict[str, Any]:
-    """Export `points` subnets across the latency range, time them, fit and store the end-to-end line."""
+    """Export `points` subnets across the latency range, time them, fit and store the end-to-end terms."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fine_deploy.cost.lut import load_lut
@@ -145,7 +147,7 @@ def _line(c: dict[str, float]) -> str:
 
 def profile_supernet(device: str, output: Path | None = None, *, runtime: str | None = None,
                      supernet: Path | None = None, resume: bool = True, points: int = 24) -> dict[str, Any] | None:
-    """`fine-deploy profile`: the LUT of the supernet's layer choices, then (ONNX Runtime CPU) its end-to-end line."""
+    """`fine-deploy profile`: the LUT of the supernet's layer choices, then (ONNX Runtime CPU) its end-to-end fit."""
     from rich.console import Console
 
     from fine_deploy.cost.commands import profile_command

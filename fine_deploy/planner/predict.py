@@ -4,7 +4,7 @@ table and Pareto front, `profile`'s end-to-end calibration and the benchmarks al
 A subnet is priced on the planner's own space (fine_deploy.planner.build): every layer's measured or
 roofline cost in its kernel form, the attention core and elementwise ops around it, the fixed cost of
 a run, then — where `profile --supernet` measured this supernet on this LUT's machine — the
-end-to-end line that maps the layer sum onto the statistic a user measures (runtime.timing.PREDICTION).
+end-to-end fit that maps those terms onto the statistic a user measures (runtime.timing.PREDICTION).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def load_predictor(supernet: Any, device: str = "host", lut: str | Path | None =
                    raw: bool = False) -> Predictor:
     """The planner's pricing of `supernet` (a loaded Supernet, a path, or None: the default) on `device`.
 
-    `raw` leaves out the end-to-end line, to fit one (fine_deploy.export.calibrate).
+    `raw` leaves out the end-to-end fit, to fit one (fine_deploy.export.calibrate).
     """
     from fine_deploy.cost.precisions import DEFAULT
     from fine_deploy.planner.build import build_space
