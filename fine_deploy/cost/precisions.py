@@ -21,7 +21,7 @@ WEIGHT_BITS: dict[str, int] = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "in
                                "pal4": 4}
 PRECISIONS: tuple[str, ...] = tuple(WEIGHT_BITS)
 DEFAULT = "fp32"  # what a plan without a `precision` field means
-PALETTES = {"pal8": 8, "pal6": 6, "pal4": 4}  # precision -> nbits of the look-up table index
+PALETTES = {p: WEIGHT_BITS[p] for p in ("pal8", "pal6", "pal4")}  # precision -> nbits of the look-up table index
 # the arithmetic a precision runs in where that differs from its storage (a palette is expanded to fp16)
 COMPUTE = {**{p: "fp16" for p in PALETTES}}
 

@@ -13,13 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fine_deploy.cost.precisions import WEIGHT_BITS
 from fine_deploy.cost.shapes import LayerShape, activation_elems, form_macs, form_weight_elems
 
 if TYPE_CHECKING:
     from fine_deploy.cost.lut import LutEntry
     from fine_deploy.cost.profiles import DeviceProfile
 
-DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+# bytes of one element of each arithmetic dtype: the stored widths of cost.precisions, plus tf32 (fp32 storage)
+DTYPE_BYTES = {"tf32": 4, **{d: WEIGHT_BITS[d] // 8 for d in ("fp32", "fp16", "bf16", "fp8", "int8")}}
 NODES = {"dense": 1, "low_rank": 2, "shared_basis": 3}  # kernels a form launches
 
 
