@@ -110,6 +110,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_bytes(path, canonical_json(obj).encode())
 
 
+def read_cache(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A JSON dict this program cached earlier, or None when it is missing or damaged (then it is recomputed)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_cache(path: str | os.PathLike, data: Any) -> None:
+    """Cache `data` atomically; a read-only cache dir only costs the recomputation next time."""
+    try:
+        atomic_write_json(path, data)
+    except OSError:
+        pass
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``path`` in one rename.

@@ -16,7 +16,7 @@ from typing import Any
 
 from fine_deploy.cost.shapes import LayerShape
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json
+from fine_deploy.fileio import read_cache, write_cache
 from fine_deploy.planner.costs import CostModel
 from fine_deploy.planner.sensitivity import one_thread
 from fine_deploy.planner.space import (
@@ -52,10 +52,7 @@ class _Cache:
         self.sn = sn
         self.path = cache_dir() / f"space-v1-{sn.content_hash[:32]}-b{batch}-r{resolution}.json"
         self.batch, self.resolution = batch, resolution
-        try:
-            self.data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            self.data = {}
+        self.data = read_cache(self.path) or {}
         self.dirty = False
 
     def get(self, key: str, compute):
@@ -75,10 +72,7 @@ class _Cache:
 
     def save(self) -> None:
         if self.dirty:
-            try:
-                atomic_write_json(self.path, self.data)
-            except OSError:
-                pass  # a read-only cache dir only costs time
+            write_cache(self.path, self.data)
 
 
 def _delta(a: LayerShape, b: LayerShape) -> tuple[int, int, int]:

@@ -15,7 +15,6 @@ supernet content hash in the user cache dir, and every plan made from it says `p
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
-from fine_deploy.fileio import atomic_write_json
+from fine_deploy.fileio import read_cache, write_cache
 from fine_deploy.paths import cache_dir
 
 PROXY_METRIC = "relative_output_mse_random_inputs"
@@ -239,19 +238,12 @@ def sensitivity_table(sn, *, cache: bool = True, progress: bool = True) -> dict[
 def cached_proxy(sn, *, cache: bool = True, progress: bool = True) -> dict[str, Any]:
     """The random-input proxy table of `sn`, from the user cache when it is there."""
     path = _cache_path(sn.content_hash)
-    if cache and path.is_file():
-        try:
-            table = json.loads(path.read_text())
-            if table.get("proxy_version") == PROXY_VERSION and _usable(table, sn):
-                return table
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is recomputed
+    table = read_cache(path) if cache else None
+    if table is not None and table.get("proxy_version") == PROXY_VERSION and _usable(table, sn):
+        return table
     table = proxy_sensitivity(sn, progress=progress)
     if cache:
-        try:
-            atomic_write_json(path, table)
-        except OSError:
-            pass  # a read-only home must not stop planning
+        write_cache(path, table)
     return table
 
 
@@ -325,12 +317,7 @@ def precision_losses(sn, table: dict[str, Any], precisions: list[str] | tuple[st
     valid); precisions missing from it are measured and added. Errors of weights at a precision and at a lower
     rank are taken to add up, as the rank entries of different types are (the planner's additive objective)."""
     path = _precision_path(sn.content_hash)
-    rec: dict[str, Any] = {}
-    if cache and path.is_file():
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            rec = {}  # a damaged cache entry is recomputed
+    rec: dict[str, Any] = (read_cache(path) if cache else None) or {}
     inputs = table.get("inputs") or {"batch": PROXY_BATCH, "seed": PROXY_SEED, "resolution": None}
     if rec.get("inputs") != inputs:
         rec = {}
@@ -363,10 +350,7 @@ def precision_losses(sn, table: dict[str, Any], precisions: list[str] | tuple[st
                "quantisers": {p: QUANTISERS[p] for p in sorted({*rec.get("quantisers", {}), *missing})},
                "losses": losses}
         if cache:
-            try:
-                atomic_write_json(path, rec)
-            except OSError:
-                pass  # a read-only home must not stop planning
+            write_cache(path, rec)
     scale, how = 1.0, None
     if table.get("metric") != PROXY_METRIC:
         scale = _proxy_scale(sn, table, cache=cache, progress=progress)
