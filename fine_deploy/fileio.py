@@ -181,19 +181,13 @@ def sha256_file_remembered(path: str | os.PathLike) -> str:
         return sha256_file(p)
     key = f"{p}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
     book = cache_dir() / "file-hashes.json"
-    try:
-        known = json.loads(book.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), str):
+    known = read_cache(book) or {}
+    if isinstance(known.get(key), str):
         return known[key]
     digest = sha256_file(p)
-    known = {k: v for k, v in (known if isinstance(known, dict) else {}).items() if not k.startswith(f"{p}|")}
+    known = {k: v for k, v in known.items() if not k.startswith(f"{p}|")}
     known[key] = digest
-    try:
-        atomic_write_json(book, known)
-    except OSError:
-        pass  # a read-only cache only costs time
+    write_cache(book, known)
     return digest
 
 

@@ -9,7 +9,6 @@ the user cache (fine_deploy.paths.measured_dir), never beside the YAMLs.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from fine_deploy.cost.precisions import WEIGHT_BITS, check_precision
 from fine_deploy.errors import FineDeployError
-from fine_deploy.fileio import atomic_write_json
+from fine_deploy.fileio import atomic_write_json, read_cache
 from fine_deploy.paths import measured_dir, shipped_profiles
 from fine_deploy.schemas import PROFILE, Number, is_type, list_of, read_document
 
@@ -234,10 +233,8 @@ def _fingerprint_id() -> str:
 
 
 def _cached_probe(measured: Path) -> dict[str, Any] | None:
-    path = _probe_path(measured)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    data = read_cache(_probe_path(measured))
+    if data is None:
         return None
     if data.get("schema") != HOST_PROBE_SCHEMA or data.get("fingerprint_id") != _fingerprint_id():
         return None  # another machine or runtime version: probe again
