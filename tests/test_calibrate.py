@@ -117,3 +117,11 @@ def test_profile_refuses_too_few_calibration_subnets(tmp_path):
 
 def test_prediction_protocol_is_what_plans_promise():
     assert PREDICTION.threads == 1 and PREDICTION.clock == "wall" and PREDICTION.estimator == "median"
+
+
+def test_bench_refuses_a_block_below_one(tmp_path):
+    from test_cli_validation import refused
+
+    line = refused(["bench", str(tmp_path / "model"), "--block", "0", "--json", str(tmp_path / "b.json")], tmp_path,
+                   match="--block 0")
+    assert "positive" in line

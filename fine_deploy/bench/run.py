@@ -191,6 +191,8 @@ def bench(
         raise FineDeployError(f"unknown run order {order!r}; use one of {', '.join(ORDERS)}")
     if runs < 1 or warmup < 0 or steps < 1 or batch < 1 or (threads is not None and threads < 1):
         raise FineDeployError("--runs, --steps, --batch and --threads must be positive and --warmup >= 0")
+    if block is not None and block < 1:
+        raise FineDeployError(f"--block {block}: give a positive number of consecutive runs per turn")
     if time_budget_s is not None and time_budget_s <= 0:
         raise FineDeployError("--time-budget must be a positive number of seconds")
     if spinup_s < 0:
@@ -222,8 +224,6 @@ def bench(
     if block is None:
         blocks = {p["block"] for p in predictions if p is not None and p.get("block")}
         block = blocks.pop() if from_plans and len(blocks) == 1 else 1
-    if block < 1:
-        raise FineDeployError("--block must be a positive number of runs")
     options = SessionOptions(threads=threads, spinning=spinning)
 
     # Memory first, each artifact in a fresh process of its own (fine_deploy.runtime.rss): ΔRSS must not
