@@ -236,7 +236,7 @@ RECIPE = Contract(
     required={"name": str, "backbone": str, "config": dict, "stages": list},
     optional={"description": str, "data": dict, "max_rank": (int, type(None)), "seed": int, "batch_size": int,
               "lr": Number, "weight_decay": Number, "warmup_steps": int, "grad_clip": Number,
-              "cfg_dropout": Number, "scheduler": dict, "ofa": dict, "checkpoint_every": int,
+              "ema": Number, "cfg_dropout": Number, "scheduler": dict, "ofa": dict, "checkpoint_every": int,
               "heldout_draws": int, "metric": dict},
 )
 

@@ -123,6 +123,48 @@ def test_resume_continues_from_the_checkpoint(tiny, tmp_path):
         train("tiny-dit", tmp_path / "fresh", resume=True)
 
 
+def test_ema_ships_the_average_and_resumes_it(tmp_path, monkeypatch):
+    """With `ema` the trained supernet is the parameters' moving average (not the last step's weights), the
+    checkpoint keeps the average, and a resumed run continues it: resume(6→8) ends where a straight 8-step run does."""
+    from fine_deploy.train.checkpoint import EMA_FILE
+    from fine_deploy.train.recipe import Stage
+
+    r = load_recipe("tiny-dit")
+    r.stages, r.checkpoint_every = [Stage("fine", 8)], 6
+    plain = train(r, tmp_path / "plain", evaluate=False)
+    r.ema = 0.9
+    straight = train(r, tmp_path / "ema", evaluate=False)
+    assert (checkpoint_dir(tmp_path / "ema") / EMA_FILE).is_file()
+    assert json.loads((checkpoint_dir(tmp_path / "ema") / "trainer.json").read_text())["ema_updates"] == 8
+    diff = max(float((straight.tensors[k] - plain.tensors[k]).abs().max()) for k in plain.tensors)
+    assert diff > 1e-4  # the average differs from the last weights
+    # the same run interrupted after its step-6 checkpoint, then resumed: it ends where the straight run did
+    import fine_deploy.train.loop as loop
+
+    def stop_at_7(s, step, _lr_at=loop.lr_at):
+        if step == 7:
+            raise KeyboardInterrupt
+        return _lr_at(s, step)
+
+    monkeypatch.setattr(loop, "lr_at", stop_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        train(r, tmp_path / "cut", evaluate=False)
+    monkeypatch.undo()
+    assert json.loads((checkpoint_dir(tmp_path / "cut") / "trainer.json").read_text())["ema_updates"] == 6
+    resumed = train(r, tmp_path / "cut", resume=True, evaluate=False)
+    for k in straight.tensors:
+        assert torch.allclose(resumed.tensors[k], straight.tensors[k], atol=1e-5), k
+    # across a stage boundary (the columns are re-sorted there) the average restarts from the reordered weights
+    r.stages = [Stage("fine", 4), Stage("ofa", 4)]
+    two = train(r, tmp_path / "two", evaluate=False)
+    assert json.loads((checkpoint_dir(tmp_path / "two") / "trainer.json").read_text())["ema_updates"] == 8
+    assert all(torch.isfinite(v).all() for v in two.tensors.values())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbackbone: DiTTransformer2DModel\nconfig: {}\nema: 1.5\nstages: [{mode: fine, steps: 1}]\n")
+    with pytest.raises(FineDeployError, match="ema 1.5 must be 0"):
+        load_recipe(bad)
+
+
 def _plan_for(sn_path, sn, tmp_path, **subnet):
     from fine_deploy.planner.schema import Plan
 
@@ -151,6 +193,9 @@ def test_retrain_changes_only_sigma(tiny, tmp_path):
     assert sub.spec.depth["full"] == 1 and sub.spec.config["num_layers"] == 1
     prov = sub.spec.provenance
     assert prov["sigma_only"] and prov["steps"] == 6 and prov["parent"]["sha256"] == sn.content_hash
+    from fine_deploy.supernet.schedule import default_guidance
+
+    assert default_guidance(sub) == default_guidance(sn) == 2.0  # `sample` guides a subnet as it guides its parent
     inner = Plan.load(sub_dir / "plan.json")
     assert supernet_for_plan(inner).content_hash == sub.content_hash
     model = sub.subnet(SubnetConfig.from_json(inner.subnet))
@@ -235,3 +280,23 @@ def test_ofa_stage_orders_channels_and_trains_nested_widths(tmp_path):
     assert small.config.block_out_channels[1] == w["allocations"]["0.25"]["stage1"]
     sens = sn.spec.sensitivity["widths"]["stage1"]
     assert sens["32"] == 0.0 and len(sens) == len(w["knobs"]["stage1"])
+
+
+def test_plan_of_a_trained_supernet_states_quality_in_the_metrics_unit(tiny, dit_supernet, tmp_path):
+    """The plan's quality figure reads as the held-out loss it estimates (full model → subnet, +%), and a plan of an
+    untrained (converted) supernet says its figure is a proxy."""
+    from fine_deploy.planner.explain import quality_line
+    from fine_deploy.planner.plan import plan
+
+    out, sn = tiny
+    base = sn.spec.sensitivity["baseline"]
+    p = plan("jetson-orin", "4GB", supernet=out, max_loss=0.3 * base, output=tmp_path / "p.json", show=False)
+    q, loss = p.predicted["quality"], p.predicted["quality_loss"]
+    est = q["estimate"]
+    assert 0 < loss <= 0.3 * base and est["metric"] == "heldout_denoising_loss"
+    assert est["full_model"] == pytest.approx(base) and est["subnet"] == pytest.approx(base + loss)
+    assert est["relative_increase"] == pytest.approx(loss / base)
+    line = quality_line(loss, q)
+    assert f"+{100 * loss / base:.0f}%" in line and "held-out denoising loss" in line and "estimated" in line
+    proxy = plan("jetson-orin", "4GB", supernet=dit_supernet, show=False).predicted["quality"]
+    assert proxy["estimate"] is None and "a proxy" in quality_line(0.01, proxy)

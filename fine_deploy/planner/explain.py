@@ -117,6 +117,16 @@ def quality_line(loss: float, q: dict[str, Any]) -> str:
                 f"factors alone {q['factors_only_error']:.3g})")
     if ref == "full supernet":
         return f"quality  loss {loss:.4g} vs the supernet's full model, NOT the source model ({what}): {q['note']}"
+    est = q.get("estimate")
+    if est:
+        full = q.get("full_model") or {}
+        fd = (f"; the full model's Fréchet distance is {full['frechet_distance']:.3g} ({full['frechet_features']})"
+              if "frechet_distance" in full else "")
+        return (f"quality  held-out denoising loss {est['full_model']:.4g} → {est['subnet']:.4g} "
+                f"(+{100 * est['relative_increase']:.0f}%), estimated: the sum of single-knob increases of the "
+                f"sensitivity table{'; its precision part is a scaled proxy' if est.get('proxy_part') else ''}{fd}")
+    if q.get("proxy"):
+        return f"quality  loss {loss:.4g} ({what}: a proxy, not image quality; {q.get('note', '')})"
     return f"quality  loss {loss:.4g} ({what})"
 
 

@@ -189,6 +189,27 @@ def _r(x: float) -> float:
     return float(f"{x:.9g}")
 
 
+HELDOUT = "heldout_denoising_loss"
+
+
+def quality_estimate(q: dict[str, Any], loss: float, precision: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The plan's loss in the measured metric's own unit: the full model's held-out denoising loss and the
+    subnet's predicted one (+ the relative increase), for a trained supernet; None for a proxy or a
+    source-relative table (those have no unit a user measures)."""
+    full = (q.get("full_model") or {}).get(HELDOUT)
+    if q.get("proxy") or not full:
+        return None
+    out = {
+        "metric": HELDOUT, "full_model": _r(full), "subnet": _r(full + loss), "relative_increase": _r(loss / full),
+        "method": ("the full model's held-out loss plus the sum of each chosen knob value's increase, each measured "
+                   "alone on the held-out split (the sensitivity table): an estimate, not a measurement of this "
+                   "subnet; `fine-deploy retrain` measures it"),
+    }
+    if precision and (q.get("precision") or {}).get("scaled"):  # a non-fp32 plan's precision steps
+        out["proxy_part"] = f"precision: {q['precision']['scaled']}"
+    return out
+
+
 def quality_record(sn, sens: dict[str, Any]) -> dict[str, Any]:
     """What the plan's quality figure means: the table's metric, and for a converted supernet its distance
     from the source model (the loss a plan adds to the table's, since the table is relative to the full model).
@@ -199,6 +220,14 @@ def quality_record(sn, sens: dict[str, Any]) -> dict[str, Any]:
     that measurement says so, so that no plan of a model that may differ from its source reads "loss 0".
     """
     q: dict[str, Any] = {"metric": sens.get("metric"), "proxy": bool(sens.get("proxy", False))}
+    if sens.get("metric") == HELDOUT and isinstance(sens.get("baseline"), (int, float)):
+        q["full_model"] = {HELDOUT: float(sens["baseline"])}
+        m = (sn.spec.provenance or {}).get("metric") or {}
+        if isinstance(m.get("frechet_distance"), (int, float)):
+            q["full_model"]["frechet_distance"] = float(m["frechet_distance"])
+            q["full_model"]["frechet_features"] = "fine-deploy digits classifier, not Inception"
+        if isinstance(m.get("class_accuracy"), (int, float)):
+            q["full_model"]["class_accuracy"] = float(m["class_accuracy"])
     if q["proxy"]:
         q["note"] = ("data-free proxy: relative output MSE of each knob value alone on fixed random inputs; "
                      "train the supernet to measure its sensitivity table")
@@ -340,7 +369,7 @@ def make_plan(sn, space: Space, sol: Solution, budget: Budget, device: dict[str,
         "memory_bytes": int(math.ceil(budget.memory_to_shown(ev.memory_bytes))),
         "memory_parts": {k: _r(v) for k, v in ev.parts.items()},
         "quality_loss": _r(ev.loss + budget.loss_offset),
-        "quality": quality,
+        "quality": {**quality, "estimate": quality_estimate(quality, ev.loss + budget.loss_offset, prec)},
         "cost_model": cost,
     }
     if budget.pipeline is not None:

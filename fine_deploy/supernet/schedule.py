@@ -121,15 +121,19 @@ def make_scheduler(config: dict[str, Any], sampler: str) -> Any:
 
 
 def default_guidance(sn: Any) -> float:
-    """The classifier-free guidance scale a model samples with by default: a converted pipeline's stock default,
-    a class-conditional supernet's recipe value (its metric's `guidance_scale`), otherwise 1 (none). The one rule
-    `export` records in the manifest and `sample` uses for supernets and plans."""
+    """The classifier-free guidance scale a model samples with by default: a converted pipeline's stock default;
+    for a class-conditional model the scale its provenance records (a retrained subnet: its parent's), else its
+    recipe's (the metric's `guidance_scale`); otherwise 1 (none). The one rule `export` records in the manifest
+    and `sample` uses for supernets, retrained subnets and plans alike."""
     if sn.components:
         from fine_deploy.pipelines import pipeline_for
 
         return pipeline_for(sn.spec.pipeline["class"]).guidance
     if not sn.adapter.num_classes(sn.spec.config):
         return 1.0
-    recipe = (sn.spec.provenance or {}).get("recipe")
+    prov = sn.spec.provenance or {}
+    if isinstance(prov.get("guidance_scale"), (int, float)) and not isinstance(prov.get("guidance_scale"), bool):
+        return float(prov["guidance_scale"])
+    recipe = prov.get("recipe")
     metric = (recipe.get("metric") or {}) if isinstance(recipe, dict) else {}
     return float(metric.get("guidance_scale", 1.0))

@@ -1,5 +1,5 @@
 """A training run's resumable checkpoint: SUPERNET.ckpt/ holds the supernet so far, the optimizer state
-(safetensors) and trainer.json (step, losses, settings, and `kind`: absent for pre-training, "recovery" for
+(safetensors), the parameters' moving average where the run keeps one, and trainer.json (step, losses, settings, and `kind`: absent for pre-training, "recovery" for
 recovery training, so neither resumes from the other's)."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from fine_deploy.supernet.core import Supernet
 TRAINER_SCHEMA = 1
 TRAINER_FILE = "trainer.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
+EMA_FILE = "ema.safetensors"  # the parameters' moving average, where the recipe keeps one
 
 
 def load_checkpoint(ckpt: Path, kind: str | None,

@@ -79,6 +79,51 @@ def draw_batch(tsn, data: ImageSet, s: LoopSettings, step: int) -> tuple[torch.T
     return x0, noise, t, labels
 
 
+class Ema:
+    """An exponential moving average of parameters (the weights a diffusion model samples best with).
+
+    Its decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average is not dominated by
+    the random initialisation in a short run.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise FineDeployError(f"EMA decay {decay} must lie strictly between 0 and 1 (e.g. 0.999)")
+        self.params, self.decay, self.updates = list(params), float(decay), 0
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, p in zip(self.shadow, self.params, strict=True):
+            e.lerp_(p.detach(), 1.0 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to_params(self) -> None:
+        """Make the live parameters the average (then the average restarts from them)."""
+        for e, p in zip(self.shadow, self.params, strict=True):
+            p.copy_(e)
+
+    @torch.no_grad()
+    def restart(self) -> None:
+        """Start the average again from the live parameters (after they were changed in place, e.g. reordered)."""
+        for e, p in zip(self.shadow, self.params, strict=True):
+            e.copy_(p.detach())
+
+    def tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        return {n: e.detach().cpu().contiguous() for n, e in zip(names, self.shadow, strict=True)}
+
+    @torch.no_grad()
+    def load(self, names: list[str], tensors: dict[str, torch.Tensor], updates: int) -> None:
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise FineDeployError(f"checkpoint EMA lacks parameter {missing[0]!r}; start without --resume")
+        for n, e in zip(names, self.shadow, strict=True):
+            e.copy_(tensors[n])
+        self.updates = int(updates)
+
+
 def size_generator(s: LoopSettings, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(s.seed * 1_000_003 + step + 7_919)
 
@@ -98,8 +143,10 @@ def run_steps(
     on_checkpoint: Callable[[LoopState], None] | None = None,
     checkpoint_every: int = 0,
     label: str = "training",
+    ema: Ema | None = None,
 ) -> LoopState:
-    """Train from state.step up to `until` (exclusive); `model` is the accelerate-prepared `tsn`."""
+    """Train from state.step up to `until` (exclusive); `model` is the accelerate-prepared `tsn`; `ema`, when
+    given, is updated after every optimizer step."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     n = accelerator.num_processes
@@ -125,6 +172,8 @@ def run_steps(
                 accelerator.clip_grad_norm_(params, s.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update()
             mean = float(accelerator.reduce(loss.detach(), reduction="mean"))
             if not math.isfinite(mean):
                 raise FineDeployError(f"{label}: loss became {mean} at step {step}; lower the learning rate")

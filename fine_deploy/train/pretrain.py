@@ -25,10 +25,11 @@ from fine_deploy.backbones import adapter_for
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory, atomic_write_json
 from fine_deploy.supernet.core import SubnetConfig, Supernet, basis_names
-from fine_deploy.train.checkpoint import OPTIMIZER_FILE, TRAINER_FILE, TRAINER_SCHEMA, load_checkpoint
+from fine_deploy.train.checkpoint import EMA_FILE, OPTIMIZER_FILE, TRAINER_FILE, TRAINER_SCHEMA, load_checkpoint
 from fine_deploy.train.data import ImageSet, load_images, split
 from fine_deploy.train.engine import TrainableSupernet
 from fine_deploy.train.loop import (
+    Ema,
     LoopSettings,
     LoopState,
     load_optimizer_tensors,
@@ -124,7 +125,7 @@ def _settings(recipe: Recipe) -> LoopSettings:
 
 
 def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[str], state: LoopState,
-                     recipe: Recipe, processes: int) -> None:
+                     recipe: Recipe, processes: int, ema: Ema | None) -> None:
     from safetensors.torch import save_file
 
     tensors, rest = optimizer_tensors(optimizer, names)
@@ -132,9 +133,11 @@ def _save_checkpoint(ckpt: Path, tsn: TrainableSupernet, optimizer, names: list[
     with atomic_directory(ckpt) as tmp:
         sn.save(tmp / "supernet")
         save_file(tensors, str(tmp / OPTIMIZER_FILE))
+        if ema is not None:
+            save_file(ema.tensors(names), str(tmp / EMA_FILE))
         atomic_write_json(tmp / TRAINER_FILE, {
             "schema": TRAINER_SCHEMA, "step": state.step, "losses": state.losses, "recipe": recipe.to_json(),
-            "optimizer": rest, "processes": processes,
+            "optimizer": rest, "processes": processes, "ema_updates": ema.updates if ema is not None else None,
         })
 
 
@@ -178,10 +181,18 @@ def train(
         load_optimizer_tensors(optimizer, names, opt_tensors, meta["optimizer"])
     model, optimizer = accelerator.prepare(tsn, optimizer)
     settings = _settings(recipe)
+    ema = Ema(params, recipe.ema) if recipe.ema else None
+    if ema is not None and resume:
+        from safetensors.torch import load_file
+
+        if not (ckpt / EMA_FILE).is_file():
+            raise FineDeployError(f"--resume: {ckpt} has no {EMA_FILE} but the recipe keeps an EMA; "
+                                  "run without --resume")
+        ema.load(names, load_file(str(ckpt / EMA_FILE)), int(meta.get("ema_updates") or 0))
 
     def checkpoint(st: LoopState) -> None:
         if accelerator.is_main_process:
-            _save_checkpoint(ckpt, tsn, optimizer, names, st, recipe, accelerator.num_processes)
+            _save_checkpoint(ckpt, tsn, optimizer, names, st, recipe, accelerator.num_processes, ema)
         accelerator.wait_for_everyone()
 
     ofa = dict(recipe.ofa)
@@ -192,9 +203,15 @@ def train(
         end = start + stage.steps
         if state.step < end and stage.steps > 0:
             if state.step == start and i > 0:
-                # a new stage: re-sort basis columns by importance; the old Adam moments no longer fit them
+                # a new stage: re-sort basis columns by importance; the old Adam moments no longer fit them.
+                # The stage starts from the averaged weights (the better model), and the average restarts
+                # from the reordered ones, whose columns no longer line up with the old average.
+                if ema is not None:
+                    ema.copy_to_params()
                 tsn.reorder_ranks()
                 optimizer.state.clear()
+                if ema is not None:
+                    ema.restart()
             choose = None
             if stage.mode == "ofa":
                 knobs = list(ofa.get("knobs", []))
@@ -208,11 +225,13 @@ def train(
 
             run_steps(accelerator, model, optimizer, tsn, train_set, settings, state, end, params=params,
                       choose_config=choose, on_checkpoint=checkpoint, checkpoint_every=recipe.checkpoint_every,
-                      label=f"{stage.mode} stage {i + 1}/{len(recipe.stages)}")
+                      label=f"{stage.mode} stage {i + 1}/{len(recipe.stages)}", ema=ema)
         start = end
+    checkpoint(state)  # the live weights and their average: what a resume to more steps continues from
+    if ema is not None:  # the average is what ships
+        ema.copy_to_params()
     if recipe.stages[-1].mode == "fine":
         tsn.reorder_ranks()
-    checkpoint(state)
     if not accelerator.is_main_process:
         return None
     out = tsn.to_supernet()

@@ -40,6 +40,8 @@ class Recipe:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     grad_clip: float = 1.0
+    # decay of the parameters' exponential moving average, which becomes the trained supernet (0: no average)
+    ema: float = 0.0
     cfg_dropout: float = 0.1  # class-label dropout (classifier-free guidance), class-conditional only
     scheduler: dict[str, Any] = field(default_factory=lambda: {"num_train_timesteps": 1000})
     # OFA-Diffusion nested training: sizes P, sampling skew m, minimum kept fraction p0, gradient samples
@@ -88,6 +90,8 @@ class Recipe:
                 raise FineDeployError(f"{where}: every stage needs a mode name and integer steps")
         if not isinstance(r.ofa.get("knobs", []), list):
             raise FineDeployError(f"{where}: ofa.knobs must be a list such as [widths, ranks]")
+        if not is_type(r.ema, (int, float)) or not (r.ema == 0 or 0 < r.ema < 1):
+            raise FineDeployError(f"{where}: ema {r.ema!r} must be 0 (off) or a decay in (0, 1) such as 0.999")
         if not r.stages:
             raise FineDeployError(f"{where}: no stages; give at least one {{mode: fine, steps: N}}")
         for s in r.stages:

@@ -78,6 +78,7 @@ def retrain(
 ) -> Path:
     """σ-only retraining of `plan`'s subnet; writes SUBNET (see the module docstring) and returns its path."""
     from fine_deploy.planner.schema import Plan, supernet_for_plan
+    from fine_deploy.supernet.schedule import default_guidance
     from fine_deploy.train.metrics import heldout_loss
     from fine_deploy.train.pretrain import loss_curve, refresh_reconstruction_error
 
@@ -121,6 +122,8 @@ def retrain(
     result.spec.provenance = {
         "source": "fine-deploy retrain", "sigma_only": True,
         "parent": {"path": p.supernet.get("path", "default"), "sha256": parent.content_hash},
+        # the parent's sampling default travels with the subnet (`sample` and `export` read it)
+        "guidance_scale": default_guidance(parent),
         "plan_subnet": p.subnet, "steps": steps, "data": str(source), "data_fraction": fraction,
         "train_images": len(train_set), "lr": lr, "batch_size": batch_size, "seed": seed,
         "heldout_loss_before": round(before, 6), "heldout_loss_after": round(after, 6),
