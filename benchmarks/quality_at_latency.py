@@ -172,28 +172,28 @@ def prune_channels(model: nn.Module, keep: float,
             tp.prune_linear_in_channels(model.proj_out_1, idx)
 
 
-def taylor_importance(den: Denoiser, data, settings, batches: int = 4) -> dict[int, torch.Tensor]:
+def taylor_importance(den: Denoiser, data, settings, batches: int = 4) -> dict[str, torch.Tensor]:
     """OFA-Diffusion's per-weight importance |w·∂L/∂w| of the denoising loss, summed over `batches` batches
-    (drawn as the training loop draws them); keyed by id(parameter)."""
+    (drawn as the training loop draws them); keyed by the backbone's parameter names."""
     from fine_deploy.train.loop import draw_batch
 
-    params = list(den.model.parameters())
-    for p in params:
+    params = dict(den.model.named_parameters())
+    for p in params.values():
         p.requires_grad_(True)
-    acc = {id(p): torch.zeros_like(p) for p in params}
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
     for i in range(batches):
         x0, noise, t, labels = draw_batch(den, data, settings, 10_000 + i)
         den.zero_grad(set_to_none=True)
         den(x0, noise, t, labels).backward()
-        for p in params:
+        for n, p in params.items():
             if p.grad is not None:
-                acc[id(p)] += (p.detach() * p.grad).abs()
+                acc[n] += (p.detach() * p.grad).abs()
     den.zero_grad(set_to_none=True)
     return acc
 
 
 def knob_model(method: str, dense: nn.Module, k: float, names: list[str],
-               taylor: dict[int, torch.Tensor] | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
+               taylor: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, list[nn.Parameter]]:
     """(a copy of `dense` cut by `method` at knob k, the parameters retraining trains)."""
     m = copy.deepcopy(dense)
     if method == "svd":
@@ -201,8 +201,7 @@ def knob_model(method: str, dense: nn.Module, k: float, names: list[str],
             p.requires_grad_(False)
         return m, svd_truncate(m, names, k)
     if method == "ofa_width":
-        by_id = {id(p_new): taylor[id(p_old)] for p_old, p_new in zip(dense.parameters(), m.parameters(),
-                                                                         strict=True)}
+        by_id = {id(p): taylor[n] for n, p in m.named_parameters()}
         prune_channels(m, k, score=lambda w: by_id[id(w)])
     elif method == "torch_pruning":
         prune_channels(m, k)
@@ -466,8 +465,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
            "draws": int(rec.get("heldout_draws", 2))}
 
     # 1. the full model and the budgets
-    log("profile: host LUT and end-to-end calibration")
-    profile_supernet("host", supernet=supernet, points=args.calibrate_subnets)
+    if args.profile:
+        log("profile: host LUT and end-to-end calibration")
+        profile_supernet("host", supernet=supernet, points=args.calibrate_subnets)
     plan_at(supernet, None, work / "full_plan.json")
     full_dir = export_plan(work / "full_plan.json", work / "full", supernet)
     full_s = time_dirs([full_dir])[0]
@@ -567,14 +567,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                 methods[method] = {"feasible": False, "why": why, "measured_latency_s": None,
                                    "frechet_distance": None, "heldout_loss": None, "class_accuracy": None,
                                    "subnet": None, "trainable": None, "optimizer_steps": 0}
-                continue
-            methods[method] = {"feasible": True, "measured_latency_s": final_measured[str(t["dir"])],
-                               **t["quality"], "subnet": t["subnet"], "trainable": t["trainable"],
-                               "optimizer_steps": t["steps"]}
+            else:
+                m_s = final_measured[str(t["dir"])]
+                methods[method] = {"feasible": True, "measured_latency_s": m_s, "within_budget": m_s <= b,
+                                   **t["quality"], "subnet": t["subnet"], "trainable": t["trainable"],
+                                   "optimizer_steps": t["steps"]}
             if method in KNOB_METHODS:
                 methods[method]["chosen_by"] = {"grid": grid, "grid_measured_s": [grid_measured[(method, k)]
                                                                                   for k in grid]}
-            if method == "fine":
+            if method in ("fine", "scratch"):
                 methods[method]["plan_tries"] = fine[bi].tries
         rows.append({"budget_s": b, "fraction": f, "methods": methods})
 
@@ -640,7 +641,7 @@ def print_table(result: dict[str, Any]) -> None:
     for row in result["budgets"]:
         for m, r in row["methods"].items():
             if not r["feasible"]:
-                t.add_row(f"{row['budget_s'] * 1e6:.0f} us", m, "-", "-", "-", "-", (r["why"] or "")[:50], "0")
+                t.add_row(f"{row['budget_s'] * 1e6:.0f} us", m, "-", "-", "-", "-", (r["why"] or "")[:60], "0")
                 continue
             sub = r["subnet"]
             sub = (f"k={sub['k']}" if "k" in sub else
@@ -648,7 +649,7 @@ def print_table(result: dict[str, Any]) -> None:
             t.add_row(f"{row['budget_s'] * 1e6:.0f} us", m, f"{r['measured_latency_s'] * 1e6:.0f} us",
                       str(r["heldout_loss"]), str(r["frechet_distance"]), str(r["class_accuracy"]), sub,
                       str(r["optimizer_steps"]))
-    Console().print(t)
+    Console(width=150).print(t)
     for f in result["findings"]:
         print(f"- {f}")
 
@@ -701,6 +702,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--importance-batches", type=int, default=4, help="batches of ofa_width's Taylor importance")
     ap.add_argument("--tries", type=int, default=3, help="FINE plans per budget at most")
     ap.add_argument("--calibrate-subnets", type=int, default=24, help="profile's end-to-end calibration subnets")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="plan on the host profile's roofline instead of a measured LUT (a quick check, not a result)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (exports, plans, the LUT cache)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
     return ap
