@@ -112,7 +112,7 @@ def test_toy_benchmark_meets_budgets_with_equal_steps(tiny, tmp_path, monkeypatc
             if m["feasible"]:
                 trained += 1
                 assert m["optimizer_steps"] == steps and math.isfinite(m["heldout_loss"])
-                assert m["measured_latency_s"] > 0 and m["trainable"] > 0
+                assert m["measured_latency_s"] > 0 and m["trainable"] > 0 and m["fraction_of_full"] > 0
             else:
                 assert m["why"] and m["optimizer_steps"] == 0
     assert trained >= 2  # fine and scratch at the 0.9x budget at least
