@@ -55,6 +55,7 @@ from provenance import provenance  # noqa: E402
 METHODS = ("fine", "svd", "ofa_width", "scratch", "torch_pruning")
 KNOB_METHODS = ("svd", "ofa_width", "torch_pruning")
 SIGMA_ONLY = ("fine", "svd")
+SLACK = 0.1  # FINE re-plans while its pick measures more than this far under the budget
 GRID = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 METRIC_NOTE = "digits-classifier Fréchet distance, not Inception FID"
 WIDTH_NOTE = ("the product's DiT supernet has no width knob: ofa_width (OFA-Diffusion's importance-ordered channels) "
@@ -273,8 +274,10 @@ def relative_timer(full_dir: Path, full_s: float,
 
     def timed(dirs: list[Path]) -> list[float]:
         t = timer([full_dir, *dirs])
+        timed.calls.append({"exports": len(dirs) + 1, "full_model_s": t[0]})
         return [x * full_s / t[0] for x in t[1:]]
 
+    timed.calls = []
     return timed
 
 
@@ -309,9 +312,11 @@ def export_plan(plan_path: Path, out: Path, supernet: str | Path | None = None) 
 
 def fine_picks(supernet: str | Path | None, budgets: list[float], work: Path, tries: int = 3,
                progress: Callable[[str], None] = lambda _s: None,
-               timer: Callable[[list[Path]], list[float]] = time_dirs) -> list[FinePick]:
+               timer: Callable[[list[Path]], list[float]] = time_dirs, slack: float = SLACK) -> list[FinePick]:
     """Per budget, the planner's subnet whose export measures within it: plan at B, export, time (all pending
-    budgets interleaved in one call per round); over budget -> re-plan at B·(B/measured), at most `tries` plans."""
+    budgets interleaved in one call per round); measured m over B, or under B by more than `slack` (the knob
+    methods take the largest size that fits, so FINE may use its slack too), re-plans at asked·B/m; at most
+    `tries` plans. The pick is the within-budget plan that measured slowest; none: infeasible, with the reason."""
     from fine_deploy.errors import FineDeployError
 
     picks = [FinePick(b, False) for b in budgets]
@@ -326,7 +331,11 @@ def fine_picks(supernet: str | Path | None, budgets: list[float], work: Path, tr
             try:
                 pl = plan_at(supernet, target[i], path)
             except FineDeployError as e:
-                p.why = f"planner: {e}"
+                if not p.ok:
+                    p.why = f"planner: {e}"
+                active.discard(i)
+                continue
+            if p.tries and pl.subnet == p.tries[-1]["subnet"]:  # the planner gives the same subnet: nothing to gain
                 active.discard(i)
                 continue
             export_plan(path, d, supernet)
@@ -338,11 +347,13 @@ def fine_picks(supernet: str | Path | None, budgets: list[float], work: Path, tr
         for (i, path, d), m in zip(pending, measured, strict=True):
             p = picks[i]
             p.tries[-1]["measured_s"] = m
-            if m <= p.budget_s:
+            if m <= p.budget_s and (p.measured_s is None or m > p.measured_s):
                 p.ok, p.plan, p.export, p.measured_s, p.why = True, path, d, m, None
+            if not p.ok:
+                p.why = f"measured {m * 1e6:.0f} us > budget after {len(p.tries)} plan(s)"
+            if p.ok and p.measured_s >= (1 - slack) * p.budget_s:
                 active.discard(i)
             else:
-                p.why = f"measured {m * 1e6:.0f} us > budget after {len(p.tries)} plan(s)"
                 target[i] = target[i] * p.budget_s / m
     return picks
 
@@ -597,6 +608,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                                                                                   for k in grid]}
             if method in ("fine", "scratch"):
                 methods[method]["plan_tries"] = fine[bi].tries
+                methods[method]["pick_measured_s"] = fine[bi].measured_s
         rows.append({"budget_s": b, "fraction": f, "methods": methods})
 
     result = {
@@ -614,7 +626,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                      "all_weight_methods": [m for m in METHODS if m not in SIGMA_ONLY],
                      "schedule": "retrain_settings: warm-up min(10, steps/10), cosine to 0.1 lr, grad clip 1.0",
                      "grid": grid, "importance_batches": args.importance_batches,
-                     "timing": "export.calibrate.time_artifacts, runtime.timing.PREDICTION, interleaved",
+                     "timing": "export.calibrate.time_artifacts, runtime.timing.PREDICTION, interleaved; every "
+                               "choice timed with the full model in the call and scaled by it",
+                     "timing_calls": timer.calls + [{"exports": len(final_dirs), "final": True,
+                                                     "full_model_s": final_measured[str(full_dir)]}],
                      "samples": args.samples, "sampler": f"DDIM {args.sample_steps} steps", "guidance": guidance,
                      "metric_note": METRIC_NOTE, "width_note": WIDTH_NOTE, "fine_plan_tries": args.tries},
         "wall_s": round(time.time() - t0, 1), "load_average": load, "threads": torch.get_num_threads(),

@@ -24,11 +24,11 @@ from benchmarks.quality_at_latency import (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """tiny-dit trained for 30 steps: a small trained class-conditional DiT supernet."""
+    """tiny-dit trained for 20 steps: a small trained class-conditional DiT supernet."""
     from fine_deploy.train.pretrain import train
 
     out = tmp_path_factory.mktemp("qal") / "tiny"
-    train("tiny-dit", out, steps=30, evaluate=False)
+    train("tiny-dit", out, steps=20, evaluate=False)
     return out
 
 
@@ -106,9 +106,10 @@ def test_toy_benchmark_meets_budgets_with_equal_steps(tiny, tmp_path, monkeypatc
                 k = choose_knob(cb["grid"], cb["grid_measured_s"], row["budget_s"])
                 assert (m["subnet"] or {}).get("k") == k
                 assert m["feasible"] == (k is not None)
-            elif m["feasible"]:  # the plan taken measured within the budget
-                assert m["plan_tries"][-1]["measured_s"] <= row["budget_s"]
-                assert len(m["plan_tries"]) <= 3
+            elif m["feasible"]:  # the plan taken: the slowest of the plans that measured within the budget
+                within = [t["measured_s"] for t in m["plan_tries"] if t["measured_s"] <= row["budget_s"]]
+                assert m["pick_measured_s"] == max(within) <= row["budget_s"]
+                assert 1 <= len(m["plan_tries"]) <= 3
             if m["feasible"]:
                 trained += 1
                 assert m["optimizer_steps"] == steps and math.isfinite(m["heldout_loss"])
