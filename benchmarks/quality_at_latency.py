@@ -609,7 +609,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             if method in ("fine", "scratch"):
                 methods[method]["plan_tries"] = fine[bi].tries
                 methods[method]["pick_measured_s"] = fine[bi].measured_s
-        rows.append({"budget_s": b, "fraction": f, "methods": methods})
+        rows.append({"budget_s": b, "fraction": f, "budget_in_final_call_s": f * final_measured[str(full_dir)],
+                     "methods": methods})
 
     result = {
         "schema": 1, "benchmark": "quality_at_latency",
