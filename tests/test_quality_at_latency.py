@@ -78,9 +78,9 @@ def test_toy_benchmark_meets_budgets_with_equal_steps(tiny, tmp_path, monkeypatc
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counted)
     out = tmp_path / "r.json"
-    steps = 4
+    steps = 3
     rc = main(["--supernet", str(tiny), "--steps", str(steps), "--samples", "10", "--sample-steps", "2",
-               "--fractions", "0.9,0.6", "--grid", "0.25,0.5,1.0", "--no-profile", "--importance-batches", "1",
+               "--fractions", "1.5,0.6", "--grid", "0.5,1.0", "--no-profile", "--importance-batches", "1",
                "--work", str(tmp_path / "w"), "--json", str(out)])
     assert rc == 0
     r = json.loads(out.read_text())
@@ -116,6 +116,8 @@ def test_toy_benchmark_meets_budgets_with_equal_steps(tiny, tmp_path, monkeypatc
                 assert m["measured_latency_s"] > 0 and m["trainable"] > 0 and m["fraction_of_full"] > 0
             else:
                 assert m["why"] and m["optimizer_steps"] == 0
-    assert trained >= 2  # fine and scratch at the 0.9x budget at least
+    # a budget above the full model's time: every method has a subnet, whatever the timing noise of a busy host
+    assert all(m["feasible"] for m in r["budgets"][0]["methods"].values())
+    assert trained >= len(METHODS)
     # every optimizer made exactly `steps` steps: counted at AdamW.step itself
     assert calls and set(calls.values()) == {steps}
