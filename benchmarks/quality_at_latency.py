@@ -1,5 +1,7 @@
-"""Quality at equal MEASURED latency (issue 18): does a FINE subnet beat per-layer SVD, OFA width pruning,
-training from scratch and magnitude pruning when all of them run equally fast?
+"""Quality at equal MEASURED latency (issue 18): FINE vs per-layer SVD, OFA width, scratch and torch-pruning.
+
+Does a FINE subnet beat per-layer SVD, OFA width pruning, training from scratch and magnitude pruning when all
+of them run equally fast?
 
 Base model: a trained class-conditional DiT supernet (the shipped default, or `--supernet PATH`).
 1. The full model is planned (no latency budget) and exported by the product, and timed by
