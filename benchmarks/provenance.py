@@ -20,7 +20,7 @@ RESULTS = HERE / "results"
 # every benchmark script, cheapest first (the order `python -m benchmarks --run all` regenerates them in);
 # each writes results/<name>.json when run with its default arguments
 SCRIPTS = ("cp_fit", "rank_error", "kernel_forms", "user_walk", "predictor_accuracy", "planner", "precision",
-           "regression_detector", "training_quality", "recovery", "real_size")
+           "regression_detector", "quality_at_latency", "recovery", "real_size")
 
 
 def git_commit() -> str:

@@ -23,8 +23,8 @@ import torch
 from fine_deploy.errors import FineDeployError
 from fine_deploy.fileio import atomic_directory
 from fine_deploy.supernet.core import SubnetConfig, Supernet, source_name
+from fine_deploy.train.data import ImageSet, load_images, split
 from fine_deploy.train.data import fraction as data_fraction
-from fine_deploy.train.data import load_images, split
 from fine_deploy.train.engine import TrainableSupernet, sigma_only
 from fine_deploy.train.loop import LoopSettings, LoopState, make_accelerator, run_steps
 
@@ -64,6 +64,22 @@ def _training_recipe(sn: Supernet) -> dict[str, Any]:
     return dict(sn.spec.provenance.get("recipe") or {})
 
 
+def recipe_split(sn: Supernet, data: str | Path | None = None) -> tuple[str | Path, tuple[ImageSet, ImageSet]]:
+    """(data source, (train, held-out)): `sn`'s pre-training split of `data` (its recipe's data by default),
+    so held-out images stay unseen by any retraining too."""
+    rec = _training_recipe(sn)
+    source = data if data is not None else (rec.get("data") or {}).get("source", "digits")
+    images = load_images(source, int(sn.spec.config["sample_size"]), int(sn.spec.config.get("in_channels", 1)))
+    held_frac = float((rec.get("data") or {}).get("heldout_fraction", 0.15))
+    return source, split(images, held_frac, int(rec.get("seed", 0)))
+
+
+def retrain_settings(batch_size: int, lr: float, steps: int, seed: int, cfg_dropout: float) -> LoopSettings:
+    """The loop settings of light retraining: a short warm-up, then cosine decay over `steps`."""
+    return LoopSettings(batch_size, lr, steps, seed, warmup_steps=min(10, steps // 10), grad_clip=1.0,
+                        cfg_dropout=cfg_dropout)
+
+
 def retrain(
     plan: str | Path,
     output: str | Path,
@@ -93,11 +109,7 @@ def retrain(
     cfg = replace(config, depth=None)
 
     rec = _training_recipe(parent)
-    source = data if data is not None else (rec.get("data") or {}).get("source", "digits")
-    images = load_images(source, int(parent.spec.config["sample_size"]), int(parent.spec.config.get("in_channels", 1)))
-    held_frac = float((rec.get("data") or {}).get("heldout_fraction", 0.15))
-    # the pre-training split, so the held-out images stay unseen by retraining too
-    train_set, heldout = split(images, held_frac, int(rec.get("seed", 0)))
+    source, (train_set, heldout) = recipe_split(parent, data)
     train_set = data_fraction(train_set, fraction, seed)
 
     accelerator = make_accelerator()
@@ -106,8 +118,8 @@ def retrain(
     before = heldout_loss(tsn, heldout, cfg, draws=int(rec.get("heldout_draws", 2)))
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     model, optimizer = accelerator.prepare(tsn, optimizer)
-    settings = LoopSettings(batch_size, lr, steps, seed, warmup_steps=min(10, steps // 10), grad_clip=1.0,
-                            cfg_dropout=float(rec.get("cfg_dropout", 0.1)) if tsn.class_conditional else 0.0)
+    settings = retrain_settings(batch_size, lr, steps, seed,
+                                float(rec.get("cfg_dropout", 0.1)) if tsn.class_conditional else 0.0)
     state = run_steps(accelerator, model, optimizer, tsn, train_set, settings, LoopState(), steps, params=params,
                       choose_config=lambda _s: cfg, label="σ-only retraining")
     accelerator.wait_for_everyone()
