@@ -611,6 +611,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
             if method in ("fine", "scratch"):
                 methods[method]["plan_tries"] = fine[bi].tries
                 methods[method]["pick_measured_s"] = fine[bi].measured_s
+            if method == "fine" and fine[bi].plan is not None:
+                # what the plan told the user before retraining (the sum of single-knob increases)
+                from fine_deploy.planner.schema import Plan
+
+                methods[method]["plan_quality_estimate"] = Plan.load(fine[bi].plan).predicted["quality"].get("estimate")
         rows.append({"budget_s": b, "fraction": f, "budget_in_final_call_s": f * final_measured[str(full_dir)],
                      "methods": methods})
 

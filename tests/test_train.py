@@ -299,4 +299,4 @@ def test_plan_of_a_trained_supernet_states_quality_in_the_metrics_unit(tiny, dit
     line = quality_line(loss, q)
     assert f"+{100 * loss / base:.0f}%" in line and "held-out denoising loss" in line and "estimated" in line
     proxy = plan("jetson-orin", "4GB", supernet=dit_supernet, show=False).predicted["quality"]
-    assert proxy["estimate"] is None and "a proxy" in quality_line(0.01, proxy)
+    assert proxy["estimate"] is None and "PROXY" in quality_line(0.01, proxy)
