@@ -254,8 +254,17 @@ def train(
         m = recipe.metric
         if int(m.get("samples", 0)) > 0 and recipe.data.get("source", "digits") == "digits":
             full = load_images("digits", int(recipe.config["sample_size"]), 1)
-            prov["metric"] = quality(tsn, full, samples=int(m["samples"]), steps=int(m.get("sample_steps", 50)),
-                                     guidance_scale=float(m.get("guidance_scale", 1.0)), seed=recipe.seed)
+            sweep = m.get("guidance_sweep") if tsn.class_conditional else None
+            runs = [quality(tsn, full, samples=int(m["samples"]), steps=int(m.get("sample_steps", 50)),
+                            guidance_scale=float(g), seed=recipe.seed)
+                    for g in (sweep or [m.get("guidance_scale", 1.0)])]
+            # the sampling default is measured, not guessed: the most recognisable samples, then the closest
+            best = max(runs, key=lambda q: (q.get("class_accuracy", 0.0), -q["frechet_distance"]))
+            prov["metric"] = dict(best)
+            if sweep:
+                prov["metric"]["guidance_sweep"] = [
+                    {k: q.get(k) for k in ("guidance_scale", "class_accuracy", "frechet_distance")} for q in runs]
+                prov["guidance_scale"] = best["guidance_scale"]  # what `sample` and `export` use (default_guidance)
     out.spec.provenance = prov
     out.save(output)
     return out

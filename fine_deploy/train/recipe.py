@@ -90,6 +90,11 @@ class Recipe:
                 raise FineDeployError(f"{where}: every stage needs a mode name and integer steps")
         if not isinstance(r.ofa.get("knobs", []), list):
             raise FineDeployError(f"{where}: ofa.knobs must be a list such as [widths, ranks]")
+        sweep = r.metric.get("guidance_sweep")
+        if sweep is not None and (not isinstance(sweep, list) or not sweep
+                                  or not all(is_type(g, (int, float)) and g >= 0 for g in sweep)):
+            raise FineDeployError(f"{where}: metric.guidance_sweep {sweep!r} must be a list of guidance scales ≥ 0 "
+                                  "such as [1.0, 1.5, 2.0]")
         if not is_type(r.ema, (int, float)) or not (r.ema == 0 or 0 < r.ema < 1):
             raise FineDeployError(f"{where}: ema {r.ema!r} must be 0 (off) or a decay in (0, 1) such as 0.999")
         if not r.stages:
