@@ -37,6 +37,10 @@ def test_shipped_recipes_load_and_bad_ones_are_refused(tmp_path):
     bad.write_text("name: x\nbackbone: DiTTransformer2DModel\nconfig: {}\nstages: [{mode: magic, steps: 3}]\n")
     with pytest.raises(FineDeployError, match="stage mode 'magic'"):
         load_recipe(bad)
+    bad.write_text("name: x\nbackbone: DiTTransformer2DModel\nconfig: {}\nstages: [{mode: fine, steps: 3}]\n"
+                   "metric: {samples: 10, guidance_sweep: [1.0, -2]}\n")
+    with pytest.raises(FineDeployError, match="guidance_sweep .* must be a list of guidance scales"):
+        load_recipe(bad)
 
 
 def test_digits_and_image_folder(tmp_path):

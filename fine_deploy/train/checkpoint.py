@@ -1,6 +1,7 @@
 """A training run's resumable checkpoint: SUPERNET.ckpt/ holds the supernet so far, the optimizer state
-(safetensors), the parameters' moving average where the run keeps one, and trainer.json (step, losses, settings, and `kind`: absent for pre-training, "recovery" for
-recovery training, so neither resumes from the other's)."""
+(safetensors), the parameters' moving average where the run keeps one, and trainer.json (step, losses,
+settings, and `kind`: absent for pre-training, "recovery" for recovery training, so neither resumes from the
+other's)."""
 
 from __future__ import annotations
 

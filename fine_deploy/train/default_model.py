@@ -56,9 +56,12 @@ def model_card(sn) -> str:
         + f"wall time {p.get('wall_s')} s (training, sensitivity table and sample metrics).",
         "",
         "Stages: " + ", ".join(f"{s['mode']} × {s['steps']} steps" for s in r.get("stages", [])) + ". "
-        "`fine` trains shared bases U, V, per-layer σ and the dense parameters jointly (FINE); `ofa` samples "
-        f"one nested size per step from {r.get('ofa', {}).get('sizes')} (weights ∝ 1+(m−1)(N−i)/(N−1), "
-        f"m={r.get('ofa', {}).get('m')}) over the knobs {r.get('ofa', {}).get('knobs')}.",
+        "`fine` trains shared bases U, V, per-layer σ and the dense parameters jointly (FINE)"
+        + (f"; `ofa` samples one nested size per step from {r.get('ofa', {}).get('sizes')} (weights ∝ "
+           f"1+(m−1)(N−i)/(N−1), m={r.get('ofa', {}).get('m')}) over the knobs {r.get('ofa', {}).get('knobs')}."
+           if any(s["mode"] == "ofa" for s in r.get("stages", [])) else
+           ". No nested stage: smaller subnets are the truncated ranks / fewer blocks of this model, which "
+           "`fine-deploy retrain` recovers by σ-only retraining (the sensitivity table below is before it)."),
         "",
         "## Architecture",
         "",
