@@ -177,11 +177,15 @@ def test_schema_1_supernets_still_load_with_their_hash(dit_supernet, tmp_path):
     from fine_deploy.supernet.core import Supernet
     from fine_deploy.zoo import default_supernet_path
 
+    # a schema-1 file as fine-deploy wrote them (no conversion record): the shipped default's weights under it
     sn = Supernet.load(default_supernet_path())
-    assert sn.spec.schema == 1 and sn.spec.to_json()["schema"] == 1
-    raw = json.loads((default_supernet_path() / "supernet.json").read_text())
-    assert "conversion" not in sn.spec.to_json() and sn.spec.to_json() == raw
-    assert not sn.exact_top
+    sn.spec.schema, sn.spec.conversion = 1, {}
+    sn.save(tmp_path / "old")
+    raw = json.loads((tmp_path / "old" / "supernet.json").read_text())
+    assert raw["schema"] == 1 and "conversion" not in raw
+    old = Supernet.load(tmp_path / "old")
+    assert old.spec.schema == 1 and old.spec.to_json() == raw and old.content_hash == sn.content_hash
+    assert not old.exact_top
 
 
 def test_supernet_converted_before_the_measurement_is_not_called_the_source(tmp_path):
