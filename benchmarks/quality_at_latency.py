@@ -432,33 +432,21 @@ def save_with_plan(tsn, plan, out: Path) -> Path:
 # --- quality --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def evaluate(mod, heldout, real, clf, *, samples: int, sample_steps: int, guidance: float, draws: int = 2,
+def evaluate(mod, heldout, real, *, samples: int, sample_steps: int, guidance: float, draws: int = 2,
              config=None) -> dict[str, float]:
-    """Held-out ε-MSE (fixed draws), and the digits-classifier Fréchet distance and class accuracy of samples."""
-    from fine_deploy.sample.loop import sample_model
-    from fine_deploy.train.metrics import features, frechet_distance, heldout_loss
+    """Held-out ε-MSE (fixed draws), and the digits-classifier Fréchet distance and class accuracy of samples
+    (train.metrics.quality, what the model card reports)."""
+    from fine_deploy.train.metrics import heldout_loss, quality
 
     mod.eval()
     out = {"heldout_loss": round(heldout_loss(mod, heldout, config, draws=draws), 5)}
     if samples <= 0:
         return out | {"frechet_distance": None, "class_accuracy": None}
-    labels = torch.arange(samples) % 10
-    imgs = sample_model(mod.dense_module(config), mod.noise_scheduler.config, samples, steps=sample_steps,
-                        labels=labels, guidance=guidance)
-    fd = frechet_distance(features(imgs, clf), features(real.images, clf))
-    acc = float((clf(imgs).argmax(1) == labels).float().mean())
-    return out | {"frechet_distance": round(fd, 3), "class_accuracy": round(acc, 3)}
+    q = quality(mod, real, config, samples=samples, steps=sample_steps, guidance_scale=guidance)
+    return out | {"frechet_distance": round(q["frechet_distance"], 3), "class_accuracy": round(q["class_accuracy"], 3)}
 
 
 # --- the benchmark ------------------------------------------------------------------------------------------
-
-
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -468,11 +456,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     from fine_deploy.supernet.schedule import default_guidance
     from fine_deploy.train.data import load_images
     from fine_deploy.train.engine import TrainableSupernet, sigma_only
-    from fine_deploy.train.metrics import load_classifier
     from fine_deploy.train.retrain import recipe_split
 
     t0 = time.time()
-    load = [loadavg()]
+    load = [os.getloadavg()[0]]
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="quality-at-latency-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ["FINE_DEPLOY_CACHE"] = str(work / "cache")
@@ -487,7 +474,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
                   args.seed, args.sigma_lr, args.lr or recipe_lr,
                   float(rec.get("cfg_dropout", 0.1)) if sn.adapter.num_classes(sn.spec.config) else 0.0)
     real = load_images("digits", int(sn.spec.config["sample_size"]), 1)
-    clf = load_classifier()
     guidance = default_guidance(sn)
     qkw = {"samples": args.samples, "sample_steps": args.sample_steps, "guidance": guidance,
            "draws": int(rec.get("heldout_draws", 2))}
@@ -573,17 +559,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[st
     lut = work / "cache" / "measured" / "host-onnxruntime-cpu.json"
 
     # 3. every final model timed in one interleaved call
-    load.append(loadavg())
+    load.append(os.getloadavg()[0])
     log(f"timing {len(final_dirs)} final exports, interleaved")
     final_measured = dict(zip(map(str, final_dirs), time_dirs(final_dirs), strict=True))
-    load.append(loadavg())
+    load.append(os.getloadavg()[0])
 
     # 4. quality
     log("quality of the full model")
-    full_q = evaluate(full_tsn, heldout, real, clf, **qkw)
+    full_q = evaluate(full_tsn, heldout, real, **qkw)
     for key, t in trained.items():
         log(f"quality of {key[0]} {key[1]}")
-        t["quality"] = evaluate(t["mod"], heldout, real, clf, config=t["config"], **qkw)
+        t["quality"] = evaluate(t["mod"], heldout, real, config=t["config"], **qkw)
 
     rows = []
     for bi, (f, b) in enumerate(zip(fractions, budgets, strict=True)):

@@ -70,13 +70,6 @@ def plain_ort_medians(dirs: list[Path], threads: int, runs: int, seed: int = 0, 
     return [float(np.median(t)) for t in times]
 
 
-def loadavg() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fractions", default="0.45,0.55,0.65,0.75,0.9")
@@ -89,7 +82,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="user-walk-"))
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FINE_DEPLOY_CACHE": str(work / "cache")}
-    load = [loadavg()]
+    load = [os.getloadavg()[0]]
     t_start = time.perf_counter()
     steps = {}
 
@@ -109,13 +102,13 @@ def main() -> int:
         _, tp = cli(env, "plan", "--device", "host", "--mem", args.mem, "--latency", f"{b * 1e6:.1f}us", "-o", str(p))
         _, te = cli(env, "export", "--plan", str(p), "--format", "onnx", "-o", str(d))
         plans.append((p, d, tp, te))
-    load.append(loadavg())
+    load.append(os.getloadavg()[0])
     dirs = [work / "full"] + [d for _, d, _, _ in plans]
     measured = plain_ort_medians(dirs, threads, args.runs, seed=1)
     bench_json = work / "bench.json"
     bench_out, _ = cli(env, "bench", *map(str, dirs), "--runs", str(args.runs), "--json", str(bench_json))
     bench = {m["path"]: m["stats"]["median"] for m in json.loads(bench_json.read_text())["models"]}
-    load.append(loadavg())
+    load.append(os.getloadavg()[0])
 
     rows = []
     for f, b, (p, d, tp, te), m in zip(fractions, budgets, plans, measured[1:], strict=True):
