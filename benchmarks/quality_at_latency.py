@@ -85,12 +85,9 @@ class Denoiser(nn.Module):
         self.active = None
 
     def predict(self, noisy, t, labels, config=None):
-        n_cls = self.adapter.num_classes(self.spec.config)
-        cond = None
-        if n_cls:
-            lab = labels if labels is not None else torch.full((noisy.shape[0],), n_cls, dtype=torch.long)
-            cond = {"class_labels": lab.to(noisy.device)}
-        return self.model(**self.adapter.forward_kwargs(noisy, t, cond)).sample
+        from fine_deploy.train.engine import model_inputs
+
+        return self.model(**model_inputs(self.adapter, self.spec.config, noisy, t, labels)).sample
 
     def forward(self, x0, noise, t, labels=None):
         return F.mse_loss(self.predict(self.noise_scheduler.add_noise(x0, noise, t), t, labels).float(), noise.float())

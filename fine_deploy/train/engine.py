@@ -26,6 +26,18 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
+def model_inputs(adapter: Any, config: dict[str, Any], noisy: torch.Tensor, t: torch.Tensor,
+                 labels: torch.Tensor | None) -> dict[str, Any]:
+    """The backbone's keyword inputs for a training step: class labels where it is class-conditional (no label:
+    the null class, i.e. unconditional)."""
+    n_cls = adapter.num_classes(config)
+    cond = None
+    if n_cls:
+        lab = labels if labels is not None else torch.full((noisy.shape[0],), n_cls, dtype=torch.long)
+        cond = {"class_labels": lab.to(noisy.device)}
+    return adapter.forward_kwargs(noisy, t, cond)
+
+
 class TrainableSupernet(nn.Module):
     """U, V, σ and dense parameters of a supernet as parameters; `loss(...)` runs any subnet."""
 
@@ -154,12 +166,7 @@ class TrainableSupernet(nn.Module):
         return out
 
     def model_inputs(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> dict[str, Any]:
-        n_cls = self.adapter.num_classes(self.spec.config)
-        cond = None
-        if n_cls:  # no label: the null class (unconditional)
-            lab = labels if labels is not None else torch.full((noisy.shape[0],), n_cls, dtype=torch.long)
-            cond = {"class_labels": lab.to(noisy.device)}
-        return self.adapter.forward_kwargs(noisy, t, cond)
+        return model_inputs(self.adapter, self.spec.config, noisy, t, labels)
 
     def predict(self, noisy: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
                 config: SubnetConfig | None = None) -> torch.Tensor:
