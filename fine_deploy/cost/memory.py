@@ -137,12 +137,12 @@ def fit_memory(samples: list[tuple[dict[str, float], int]]) -> dict[str, Any]:
     """Fit measured RSS increase = Σ coefficient x memory_features over (features, measured)
     samples: non-negative, least relative error.
 
-    A runtime holds more than the bare tensors, measured on this host with ONNX Runtime (CPU):
-    each weight ~3.2x for Conv (initialiser, NCHWc-reordered copy, the file's copy kept by the
-    allocator) and ~2x for MatMul (initialiser and pre-packed panels); and every op type a graph
-    uses pages in that kernel's code once: 130 KiB for Mul, 290 KiB for the NCHWc Conv path. So
-    the terms are measured (by the profiler, on a few subnets) rather than assumed; `coefficients`
-    names them: bytes per session or op type, a factor per weight or activation byte.
+    A runtime holds more than the bare tensors: ONNX Runtime (CPU) keeps an NCHWc-reordered copy of
+    Conv weights and pre-packed GEMM panels beside MatMul initialisers, and every op type a graph
+    uses pages in that kernel's code once. So the terms are measured (by the profiler, on a few
+    subnets) rather than assumed; `coefficients` names them: bytes per session or op type, a factor
+    per weight or activation byte. Terms present in every sample (the session, an op type every
+    subnet uses) are not separable from each other; only their sum is meaningful.
     """
     from scipy.optimize import nnls
 
