@@ -233,27 +233,10 @@ def choose_knob(grid: list[float], measured: list[float], budget: float) -> floa
 
 
 def export_module(model: nn.Module, sn, out: Path) -> Path:
-    """ONNX export of a plain backbone module as `fine-deploy export` exports a DiT (same inputs, shapes, exporter,
-    checks), with a manifest that declares its inputs and ranges so the runtime feeds it legal values."""
-    from fine_deploy.export.api import ONNX_NAME, _tensor_specs
-    from fine_deploy.export.io_names import OUTPUT_NAME, export_inputs, input_ranges, run_torch
-    from fine_deploy.export.manifest import Manifest, tool_versions
-    from fine_deploy.export.onnx_export import MIN_OPSET, export_onnx
+    """`fine_deploy.export.api.export_module`: a baseline's ONNX, exported and checked as `fine-deploy export` does."""
+    from fine_deploy.export.api import export_module as export
 
-    ad = sn.adapter
-    res = ad.check_resolution(sn.spec.config, None)
-    inputs = export_inputs(ad, sn.spec.config, 1, res, 0, sn.text_tokens)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
-    export_onnx(model, inputs, out / ONNX_NAME, adapter=ad, opset=MIN_OPSET)
-    ref = run_torch(model, inputs, ad)
-    Manifest(format="onnx", model=ONNX_NAME, backbone=sn.spec.backbone, plan={},
-             supernet={"path": str(sn.path) if sn.path else None, "sha256": sn.content_hash}, subnet={}, kernels={},
-             inputs=_tensor_specs(inputs, input_ranges(ad, sn.spec.config), False),
-             outputs=[{"name": OUTPUT_NAME, "shape": list(ref.shape), "dtype": "float32"}],
-             options={"precision": "fp32", "opset": MIN_OPSET, "batch": 1, "resolution": res},
-             notes=["a baseline module of benchmarks/quality_at_latency.py, not a plan's subnet"],
-             tools=tool_versions()).write(out)
+    export(model, sn, out, note="a baseline module of benchmarks/quality_at_latency.py, not a plan's subnet")
     return out
 
 

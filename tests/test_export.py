@@ -235,3 +235,33 @@ def test_runtime_feeds_respect_the_manifest_integer_ranges(dit_supernet, tmp_pat
         assert 0 <= int(feeds[labels[0].name].min()) and int(feeds[labels[0].name].max()) < 10
         out = sess.run(feeds)
         assert all(np.isfinite(v).all() for v in out.values())
+
+
+def test_export_module_checks_a_plain_module_and_runtime_reads_it(dit_supernet, tmp_path, monkeypatch):
+    """A module that is no subnet (a study's baseline) goes out as `export` writes one: parity-checked, declared
+    inputs, and a folder the runtime opens; a failed check leaves nothing."""
+    from fine_deploy.export.api import export_module
+    from fine_deploy.runtime import SessionOptions, open_session
+
+    sn = load_supernet(dit_supernet)
+    model = sn.subnet(SubnetConfig.from_json({"ranks": half_ranks(sn)}))
+    out = tmp_path / "baseline"
+    m = export_module(model, sn, out, note="a test baseline")
+    ort = [p for p in m.parity if p["runtime"] == "onnxruntime-cpu"]
+    assert ort and ort[0]["passed"] and ort[0]["rel"] <= 1e-5
+    saved = json.loads((out / MANIFEST).read_text())
+    assert saved["notes"] == ["a test baseline"] and saved["options"]["precision"] == "fp32"
+    assert verify_files(out) == []
+    with open_session(out, SessionOptions(threads=1)) as s:
+        feeds = s.make_feeds(seed=0, batch=1)
+        labels = next(v for k, v in feeds.items() if "class" in k)
+        assert int(labels.max()) < 10  # the declared range reaches the runtime
+        assert np.isfinite(next(iter(s.run(feeds).values()))).all()
+    monkeypatch.setattr(par, "FP32_REL_TOL", -1.0)
+    with pytest.raises(FineDeployError, match="nothing was written"):
+        export_module(model, sn, tmp_path / "never", note="x")
+    assert not (tmp_path / "never").exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "f.txt").write_text("user data")
+    with pytest.raises(FineDeployError, match="not a fine-deploy export"):
+        export_module(model, sn, tmp_path / "taken", note="x")

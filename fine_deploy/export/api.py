@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
+from fine_deploy.backbones.base import Adapter
 from fine_deploy.errors import FineDeployError
 from fine_deploy.export import parity as par
 from fine_deploy.export.fold import FoldedSubnet, fold_subnet
@@ -174,7 +175,7 @@ def export(
                 if int8:
                     quant = _int8_plan(sn, folded, inputs, images, int8_mode, symmetric=format == "trt")
                     quant["exclude"] = partial(keep, target="int8") if choice.mixed else None
-                artifact_out = _onnx(tmp, folded, inputs, ref, manifest, meta, opset=opset,
+                artifact_out = _onnx(tmp, folded.model, ad, inputs, ref, manifest, meta, opset=opset,
                                      dynamic_batch=dynamic_batch, precision=onnx_prec,
                                      fp16=format == "onnx" and "fp16" in choice.kinds,
                                      fp16_keep=partial(keep, target="fp16") if choice.mixed else None,
@@ -228,6 +229,40 @@ def export(
     return manifest
 
 
+def export_module(model: torch.nn.Module, supernet: Supernet, output: str | Path, *, note: str) -> Manifest:
+    """ONNX (fp32, batch 1, the supernet's resolution) of a backbone module that is not one of the supernet's
+    subnets, e.g. a baseline a study times beside them: the inputs, exporter, parity bound and manifest of
+    `export --format onnx`, so `bench` and `time_artifacts` run it as they run an export. `note` says what it is."""
+    output = Path(output)
+    _check_output(output)
+    from fine_deploy.validate import output_dir
+
+    output_dir(output)
+    ad = supernet.adapter
+    res = ad.check_resolution(supernet.spec.config, None)
+    inputs = export_inputs(ad, supernet.spec.config, 1, res, 0, supernet.text_tokens)
+    model = model.eval()
+    ref = run_torch(model, inputs, ad).numpy()
+    params = {id(p): p.numel() * p.element_size() for p in model.parameters()}
+    manifest = Manifest(
+        format="onnx", model="", backbone=supernet.spec.backbone, plan={},
+        supernet={"path": str(supernet.path) if supernet.path else "default", "sha256": supernet.content_hash},
+        subnet={}, kernels={}, inputs=_tensor_specs(inputs, input_ranges(ad, supernet.spec.config), False),
+        outputs=[{"name": OUTPUT_NAME, "shape": list(ref.shape), "dtype": "float32"}],
+        options={"fp16": False, "precision": "fp32", "int8_mode": None, "dynamic_batch": False, "opset": MIN_OPSET,
+                 "batch": 1, "resolution": res, "deployment_target": None},
+        weights={"torch": {"total": sum(params.values()), "factorised": 0}}, notes=[note], tools=tool_versions(),
+    )
+    manifest.checks["precision"] = {"precision": "fp32", "bound": par.bound("fp32").to_json(),
+                                    "reference": "PyTorch fp32 module"}
+    with atomic_directory(output) as tmp:
+        _onnx(tmp, model, ad, inputs, ref, manifest, {"batch": 1, "resolution": res, "seed": 0}, opset=MIN_OPSET,
+              dynamic_batch=False, precision="fp32", threshold=PROTOBUF_LIMIT)
+        manifest.add_files(tmp)
+        manifest.write(tmp)
+    return manifest
+
+
 def _calibration_images(sn: Supernet, calib: str | Path | torch.Tensor | None,
                         recipe_calib: Callable[[Supernet, int], torch.Tensor | None] | None,
                         resolution: int) -> torch.Tensor:
@@ -264,8 +299,8 @@ def _int8_plan(sn: Supernet, folded: FoldedSubnet, inputs: dict[str, torch.Tenso
     return {"mode": mode, "feeds": feeds, "symmetric": symmetric, "calibration": desc, "check": check}
 
 
-def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref: np.ndarray, manifest: Manifest,
-          meta: dict, *, opset: int, dynamic_batch: bool, precision: str, threshold: int,
+def _onnx(tmp: Path, model: torch.nn.Module, adapter: Adapter, inputs: dict[str, torch.Tensor], ref: np.ndarray,
+          manifest: Manifest, meta: dict, *, opset: int, dynamic_batch: bool, precision: str, threshold: int,
           name: str = ONNX_NAME, quant: dict | None = None, fp16: bool = False,
           fp16_keep: Callable[[Any], list[str]] | None = None) -> np.ndarray:
     """Write the denoiser's ONNX (fp16 where `fp16`, except the nodes `fp16_keep` names; int8 by `quant`) and
@@ -275,7 +310,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
     (tmp / name).parent.mkdir(parents=True, exist_ok=True)
     target = tmp / name
     trace = target.with_name(f".{target.name}.fp32") if quant else target
-    files = export_onnx(folded.model, inputs, trace, adapter=folded.adapter, opset=opset,
+    files = export_onnx(model, inputs, trace, adapter=adapter, opset=opset,
                         dynamic_batch=dynamic_batch, fp16=fp16, fp16_keep_fp32=fp16_keep,
                         external_data_threshold=threshold)
     if quant:
@@ -302,10 +337,10 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
                                                     "runtime": desc["backend"]}
     par.require(p, name)
     if quant and quant.get("check"):
-        manifest.checks["precision"]["measured_on_data"] = _measure_on_data(files[0], folded, quant["check"])
+        manifest.checks["precision"]["measured_on_data"] = _measure_on_data(files[0], model, adapter, quant["check"])
     if dynamic_batch:  # prove the batch axis really is dynamic: run another batch size too
         other = {k: torch.cat([v, v[:1]]) for k, v in inputs.items()}
-        ref2 = run_torch(folded.model, other, folded.adapter).numpy()
+        ref2 = run_torch(model, other, adapter).numpy()
         out2, _ = run_onnx(files[0], _feeds(other))
         p2 = par.compare_at(out2, ref2, precision, runtime=desc["backend"], reference="torch",
                             inputs={**meta, "batch": meta["batch"] + 1})
@@ -314,7 +349,7 @@ def _onnx(tmp: Path, folded: FoldedSubnet, inputs: dict[str, torch.Tensor], ref:
     return out
 
 
-def _measure_on_data(path: Path, folded: FoldedSubnet, feeds: list[dict[str, np.ndarray]]) -> dict:
+def _measure_on_data(path: Path, model: torch.nn.Module, adapter: Adapter, feeds: list[dict[str, np.ndarray]]) -> dict:
     """PSNR of the graph at `path` against the PyTorch fp32 subnet on data-like inputs (recorded, not bounded:
     a held-out check of the quantisation, whose bound is the parity input's)."""
     from fine_deploy.runtime import SessionOptions, open_session
@@ -322,7 +357,7 @@ def _measure_on_data(path: Path, folded: FoldedSubnet, feeds: list[dict[str, np.
     psnr = []
     with open_session(path, SessionOptions(threads=1), "onnxruntime-cpu") as s:
         for feed in feeds:
-            ref = run_torch(folded.model, {k: torch.from_numpy(v) for k, v in feed.items()}, folded.adapter).numpy()
+            ref = run_torch(model, {k: torch.from_numpy(v) for k, v in feed.items()}, adapter).numpy()
             psnr.append(par.compare(s.run(feed)[OUTPUT_NAME], ref, runtime="onnxruntime-cpu", reference="torch",
                                     tolerance=None, inputs={}).psnr_db)
     finite = lambda x: float(x) if np.isfinite(x) else None  # noqa: E731  (identical outputs: JSON has no inf)
