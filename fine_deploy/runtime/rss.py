@@ -63,7 +63,7 @@ def _warm_runtime(options: SessionOptions, backend: str) -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from fine_deploy.runtime.ort import ort_session_options
+    from fine_deploy.runtime.ort import PROVIDERS_BY_BACKEND, ort_session_options
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 8])],
@@ -71,13 +71,15 @@ def _warm_runtime(options: SessionOptions, backend: str) -> None:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     sess = ort.InferenceSession(m.SerializeToString(), ort_session_options(options),
-                                providers=["CPUExecutionProvider"])
+                                providers=list(options.providers or PROVIDERS_BY_BACKEND[backend]))
     sess.run(["y"], {"x": np.zeros((8, 8), np.float32)})
 
 
 def _measure(path: str, options: SessionOptions, backend: str, shapes: dict, batch: int, warmup: int) -> dict[str, Any]:
-    from fine_deploy.runtime import open_session
+    from fine_deploy.runtime import choose_backend, open_session, resolve_artifact
 
+    # "auto" resolved first: warming nothing for it counted ONNX Runtime's one-time set-up as the model's
+    backend = choose_backend(resolve_artifact(Path(path)).format, backend)
     _warm_runtime(options, backend)
     peak_ok = _reset_peak()
     rss0 = rss_bytes()
