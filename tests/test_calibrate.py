@@ -16,7 +16,7 @@ from fine_deploy.cost.commands import supernet_choices
 from fine_deploy.cost.lut import load_lut
 from fine_deploy.cost.profiler import profile
 from fine_deploy.export.calibrate import calibrate, fit_terms
-from fine_deploy.planner.costs import TERMS
+from fine_deploy.planner.costs import MEMORY_TERMS, TERMS
 from fine_deploy.planner.predict import load_predictor
 from fine_deploy.runtime.timing import PREDICTION, Protocol
 
@@ -63,6 +63,9 @@ def test_profile_calibration_makes_plan_predict_what_bench_measures(dit_supernet
     assert rec["subnets"] == 8 and len(rec["measured_s"]) == 8 and set(rec["coefficients"]) == set(TERMS)
     assert all(v >= 0 for v in rec["coefficients"].values())
     assert rec["protocol"]["estimator"] == "median" and rec["protocol"]["clock"] == "wall"
+    mem = rec["memory"]  # the exports' ΔRSS, measured as bench does, fitted beside the latency
+    assert len(mem["measured_bytes"]) == 8 and min(mem["measured_bytes"]) > 0
+    assert set(mem["coefficients"]) == set(MEMORY_TERMS) and mem["median_abs_rel_error"] < 0.1
 
     pred = load_predictor(dit_supernet, "host", lut, profiles=profiles)
     assert pred.calibrated
@@ -87,12 +90,21 @@ def test_profile_calibration_makes_plan_predict_what_bench_measures(dit_supernet
     assert res.exit_code == 0, res.output
     from fine_deploy.bench.run import bench
 
-    r = bench([exp], runs=10, warmup=2, progress=False, show=False, calibrate=False, measure_mem=False, spinup_s=0)
+    r = bench([exp], runs=10, warmup=2, progress=False, show=False, calibrate=False, spinup_s=0)
     assert r.settings.threads == 1  # the plan's protocol, not the runtime's default threads
     p = r.models[0].predicted
     assert p["calibrated"] and p["device"] == "host"
     assert p["latency_s"] == json.loads(out.read_text())["predicted"]["latency_s"]
     assert p["measured_over_predicted"] == pytest.approx(r.models[0].stats["median"] / p["latency_s"])
+    # the plan's memory (less the runtime's own) is what bench's ΔRSS reads, within the fit's spread
+    planned = json.loads(out.read_text())["predicted"]
+    assert planned["cost_model"]["memory_model"]["calibrated"] and planned["memory_parts"]["session"] > 0
+    assert p["memory_calibrated"] and 0.8 < p["measured_over_predicted_memory"] < 1.1, p
+    # the bare tensor bytes of the same plan, uncalibrated, are far from what the runtime holds
+    bare = load_predictor(dit_supernet, "host", lut, profiles=profiles, raw=True).evaluate(
+        json.loads(out.read_text())["subnet"], json.loads(out.read_text())["kernels"]).parts
+    bare_model = sum(bare.values()) - bare["runtime_overhead"]
+    assert r.models[0].memory["rss_increase_bytes"] > 1.5 * bare_model
 
 
 def test_plan_with_an_uncalibrated_lut_says_what_to_run(dit_supernet, lut_of, tmp_path):

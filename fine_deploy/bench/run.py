@@ -65,10 +65,15 @@ def plan_prediction(artifact: Artifact) -> dict[str, Any] | None:
     if not isinstance(pr.get("latency_s"), (int, float)):
         return None
     proto = (pr.get("cost_model") or {}).get("latency_protocol") or {}
+    mem = (pr.get("cost_model") or {}).get("memory_model") or {}
     device = ((manifest.get("plan") or {}).get("profile") or {}).get("resolved")
+    parts = pr.get("memory_parts") or {}
+    # bench's ΔRSS leaves the runtime's one-time set-up out: compared with the plan's memory less the runtime's own
+    model_bytes = sum(parts.values()) - parts.get("runtime_overhead", 0.0) if parts else None
     return {"latency_s": float(pr["latency_s"]), "device": device, "calibrated": bool(proto.get("calibrated")),
             "threads": proto.get("threads"), "block": (proto.get("protocol") or {}).get("runs_per_round"),
-            "protocol": proto.get("description")}
+            "protocol": proto.get("description"), "memory_bytes": model_bytes,
+            "memory_calibrated": bool(mem.get("calibrated"))}
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -320,6 +325,9 @@ def bench(
         st = summarize(e.samples)
         if pred is not None:
             pred = {**pred, "measured_over_predicted": st["median"] / pred["latency_s"]}
+            rss = e.memory.get("rss_increase_bytes")
+            if pred.get("memory_bytes") and rss is not None:
+                pred["measured_over_predicted_memory"] = rss / pred["memory_bytes"]
         models.append(
             ModelResult(
                 name=e.name,
@@ -452,6 +460,15 @@ def print_bench(result: BenchResult) -> None:
                 how = f"for {p['device']}, not this machine"
             console.print(f"{m.name}: plan predicted {_ms(p['latency_s'])} ms ({how}); measured median "
                           f"{_ms(m.stats['median'])} ms = {p['measured_over_predicted']:.2f}x")
+            if p.get("measured_over_predicted_memory") is not None:
+                mhow = ("fit of measured ΔRSS" if p["memory_calibrated"] else
+                        "bare tensor bytes: run `fine-deploy profile --supernet` to measure what the runtime holds")
+                if p.get("device") not in (None, "host"):
+                    mhow = f"for {p['device']}, not this machine"
+                console.print(f"{m.name}: plan predicted memory {p['memory_bytes'] / 2**20:.1f} MiB beside the "
+                              f"runtime's own ({mhow}); measured ΔRSS "
+                              f"{m.memory['rss_increase_bytes'] / 2**20:.1f} MiB = "
+                              f"{p['measured_over_predicted_memory']:.2f}x")
 
 
 def _caption(result: BenchResult) -> str:

@@ -13,6 +13,11 @@ every option on that fit (planner.costs.apply_calibration). The fit is stored in
 quantile of the under-predictions left after the fit) makes the fit a near-upper bound of what was
 measured: the budget is a promise.
 
+Memory the same way: each export's ΔRSS as `bench` measures it (runtime.rss), fitted as
+ΔRSS = p x parameter bytes + a x the largest layer's activation bytes + s (planner.costs.MEMORY_TERMS),
+stored beside the latency fit under `memory`, and the planner reprices every byte on it
+(planner.costs.apply_memory_calibration): a runtime holds more than the bare tensors.
+
 It exports and times whole subnets, so it lives above both the planner and the exporter.
 """
 
@@ -26,6 +31,8 @@ import numpy as np
 
 from fine_deploy.errors import FineDeployError
 from fine_deploy.planner.costs import END_TO_END as KEY
+from fine_deploy.planner.costs import MEMORY_TERMS
+from fine_deploy.runtime.rss import ISOLATION
 from fine_deploy.runtime.timing import PREDICTION, Protocol
 from fine_deploy.runtime.timing import describe as describe_protocol
 
@@ -85,21 +92,42 @@ def export_subnets(supernet: str | Path | None, content_hash: str, picks: list[t
     return dirs
 
 
-def fit_terms(terms: list[dict[str, float]], measured: np.ndarray) -> tuple[dict[str, float], float, np.ndarray]:
-    """(coefficients per TERMS, margin, fitted seconds): measured ≈ Σ coefficient x term by least relative
-    squares, coefficients >= 0; a term that does not vary across the subnets (no depth knob) is left out."""
+def measure_memory(dirs: list[Path], protocol: Protocol = PREDICTION, progress: Any = None) -> np.ndarray:
+    """ΔRSS of each export as `bench` measures it (runtime.rss: a fresh process each, the runtime's set-up paid
+    first), at the protocol's threads."""
+    from fine_deploy.runtime.rss import session_memory
+    from fine_deploy.runtime.spec import SessionOptions
+
+    out = []
+    for d in dirs:
+        got, error = session_memory(d, SessionOptions(threads=protocol.threads, spinning=protocol.spinning),
+                                    "onnxruntime-cpu")
+        if error is not None or got["rss_increase_bytes"] is None:
+            raise FineDeployError(f"measuring the memory of {d.name} failed: {error}")
+        out.append(float(got["rss_increase_bytes"]))
+        if progress is not None:
+            progress()
+    return np.array(out)
+
+
+def fit_terms(terms: list[dict[str, float]], measured: np.ndarray,
+              names: tuple[str, ...] | None = None) -> tuple[dict[str, float], float, np.ndarray]:
+    """(coefficients per term of `names` (default: the latency TERMS), margin, fitted values): measured ≈
+    Σ coefficient x term by least relative squares, coefficients >= 0; a term that does not vary across the
+    subnets (no depth knob, no width knob for activations) is left out."""
     from scipy.optimize import lsq_linear
 
     from fine_deploy.planner.costs import TERMS
 
-    x = np.array([[t[k] for k in TERMS] for t in terms])
-    use = [i for i, k in enumerate(TERMS) if k == "fixed" or np.ptp(x[:, i]) > 0]
+    names = names or TERMS
+    x = np.array([[t[k] for k in names] for t in terms])
+    use = [i for i, k in enumerate(names) if k == "fixed" or np.ptp(x[:, i]) > 0]
     if len(measured) < len(use) + 1:
-        raise FineDeployError(f"end-to-end calibration needs more than {len(use)} subnets of different latency")
+        raise FineDeployError(f"end-to-end calibration needs more than {len(use)} subnets that differ")
     a = x[:, use] / measured[:, None]
     sol = lsq_linear(a, np.ones_like(measured), bounds=(0.0, np.inf)).x
-    coef = dict.fromkeys(TERMS, 0.0)
-    coef.update({TERMS[i]: float(v) for i, v in zip(use, sol, strict=True)})
+    coef = dict.fromkeys(names, 0.0)
+    coef.update({names[i]: float(v) for i, v in zip(use, sol, strict=True)})
     fitted = x[:, use] @ sol
     margin = float(max(0.0, np.quantile(measured / fitted - 1.0, MARGIN_QUANTILE)))
     return coef, margin, fitted
@@ -128,12 +156,19 @@ def calibrate(supernet: str | Path | None, lut: str | Path, *, device: str = "ho
         dirs = export_subnets(supernet, sn.content_hash, picks, Path(tmp), lambda: bar.advance(task))
         bar.update(task, description="timing whole subnets")
         measured = np.array(time_artifacts(dirs, protocol, seed=seed))
+        bar.update(task, description="measuring their memory", completed=0)
+        memory = measure_memory(dirs, protocol, lambda: bar.advance(task))
     coef, margin, fitted = fit_terms(terms, measured)
+    mem_terms = [pred.memory_terms(cfg, forms) for cfg, forms in picks]
+    mem_coef, mem_margin, mem_fitted = fit_terms(mem_terms, memory, MEMORY_TERMS)
     result = {"coefficients": coef, "margin_applied": margin, "margin_quantile": MARGIN_QUANTILE,
               "subnets": len(picks), "protocol": protocol.to_dict(),
               "median_abs_rel_error": float(np.median(np.abs(measured / fitted - 1.0))),
               "terms": terms, "measured_s": measured.tolist(),
-              "supernet": {"path": "default" if supernet is None else str(supernet), "sha256": sn.content_hash}}
+              "supernet": {"path": "default" if supernet is None else str(supernet), "sha256": sn.content_hash},
+              "memory": {"coefficients": mem_coef, "margin_applied": mem_margin, "margin_quantile": MARGIN_QUANTILE,
+                         "median_abs_rel_error": float(np.median(np.abs(memory / mem_fitted - 1.0))),
+                         "terms": mem_terms, "measured_bytes": memory.tolist(), "measure": ISOLATION}}
     raw = load_lut(lut)
     raw.calibration.setdefault(KEY, {})[sn.content_hash[:16]] = result
     raw.save(lut)

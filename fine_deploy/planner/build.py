@@ -322,22 +322,32 @@ def build_space(sn, cost: CostModel, sensitivity: dict[str, Any], *, batch: int 
             layers.append(LayerSpace(name, t.name, (*own_knobs, f"precision.{t.name}") if with_precision else own_knobs,
                                      options, blk if blk is not None and depth_opts else None))
     const_latency = cost.fixed_s
-    from fine_deploy.planner.costs import apply_calibration, calibration_for
+    from fine_deploy.planner.costs import (
+        apply_calibration,
+        apply_memory_calibration,
+        calibration_for,
+        memory_coefficients,
+    )
 
     cal = calibration_for(cost.lut, sn.content_hash)
     if cal:  # the end-to-end fit measured for this supernet on this LUT's machine
         const_latency = apply_calibration(cal, layers, knobs, const_latency)
+    mem = memory_coefficients(cal)
+    session = 0.0
+    if mem:  # and its memory fit: bytes as the runtime holds them
+        dense_const, session = apply_memory_calibration(mem, layers, knobs, bases, pairs, dense_const)
     space = Space(
         knobs=knobs,
         layers=layers,
         bases=bases,
         const_latency_s=const_latency,
         const_bytes=float(cost.profile.runtime_overhead_bytes),
+        session_bytes=float(session),
         dense_bytes=float(dense_const),
         pair_bytes=pairs,
         forbidden=forbidden + (_precision_clashes(sn, layer_precs) if with_precision else []),
-        notes={**notes, "end_to_end_calibration": bool(cal), "dense_bytes": dense_const,
-               "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
+        notes={**notes, "end_to_end_calibration": bool(cal), "memory_calibration": bool(mem),
+               "dense_bytes": dense_const, "runtime_overhead_bytes": cost.profile.runtime_overhead_bytes},
     )
     check_space(space)
     return space

@@ -75,6 +75,37 @@ def apply_calibration(cal: dict[str, Any], layers: list, knobs: list, const_late
     return c["fixed"]
 
 
+# the terms of a subnet's resident memory the end-to-end calibration weighs: parameter bytes (factorised layers in
+# their forms, shared bases once, dense parameters), the largest layer's activations, and 1 for the constant
+MEMORY_TERMS = ("parameters", "activations", "fixed")
+
+
+def memory_coefficients(cal: dict[str, Any]) -> dict[str, float] | None:
+    """Per MEMORY_TERMS, the fitted coefficient with the memory fit's margin applied; None without a memory fit."""
+    mem = cal.get("memory") if cal else None
+    if not mem:
+        return None
+    k = 1.0 + float(mem.get("margin_applied", 0.0))
+    return {t: float(mem["coefficients"].get(t, 0.0)) * k for t in MEMORY_TERMS}
+
+
+def apply_memory_calibration(c: dict[str, float], layers: list, knobs: list, bases: dict[str, float],
+                             pairs: list, dense_bytes: float) -> tuple[float, float]:
+    """Reprice a space's bytes on the measured memory fit, in place: ΔRSS = p x parameter bytes + a x activation
+    bytes + s, where the runtime holds more than the bare tensors (ONNX Runtime CPU pre-packs GEMM weights beside
+    the initialisers, its arena rounds activations up). Returns (dense bytes, s: the session's own bytes)."""
+    for la in layers:
+        for o in la.options:
+            o.weight_bytes *= c["parameters"]
+            o.act_bytes *= c["activations"]
+    for k in knobs:
+        k.bytes = [b * c["parameters"] for b in k.bytes]
+    for key in bases:
+        bases[key] *= c["parameters"]
+    pairs[:] = [(a, b, n * c["parameters"]) for a, b, n in pairs]
+    return dense_bytes * c["parameters"], c["fixed"]
+
+
 def precision_ratio(profile: DeviceProfile, shape: LayerShape, form: str, rank: int | None,
                     precision: str) -> float | None:
     """Seconds of one layer at `precision` over its seconds at fp32 on the profile's spec roofline (its per-dtype

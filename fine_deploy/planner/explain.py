@@ -155,7 +155,9 @@ def print_plan(plan, budget, elapsed_s: float) -> None:
     console.print(f"latency  {format_seconds(lat)} {per}{lat_b}{how}")
     if proto.get("note"):
         console.print(f"[yellow]note[/]     {proto['note']}")
-    console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}")
+    mem = (pr.get("cost_model") or {}).get("memory_model") or {}
+    mhow = " (fit of measured ΔRSS + the runtime's own)" if mem.get("calibrated") else ""
+    console.print(f"memory   {format_bytes(pr['memory_bytes'])} / budget {format_bytes(budget.mem_bytes)}{cap}{mhow}")
     if pr.get("pipeline"):
         _print_pipeline(console, pr["pipeline"], pr["denoiser_memory_bytes"])
     console.print(quality_line(pr["quality_loss"], q))

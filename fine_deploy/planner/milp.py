@@ -93,7 +93,7 @@ class _Model:
                 for oi, o in enumerate(layer.options):
                     c[self.col[("z", li, oi)]] = o.latency_s
         elif what == "memory":
-            const = sp.const_bytes + sp.dense_bytes
+            const = sp.const_bytes + sp.session_bytes + sp.dense_bytes
             for li, layer in enumerate(sp.layers):
                 for oi, o in enumerate(layer.options):
                     c[self.col[("z", li, oi)]] = o.weight_bytes

@@ -308,6 +308,23 @@ def latency_protocol(table, sn, device: str, supernet: str | Path | None) -> dic
             "threads": proto.threads, "fit_median_abs_rel_error": None, "margin": None, "note": note}
 
 
+def memory_model(table, sn, device: str, supernet: str | Path | None) -> dict[str, Any]:
+    """What the plan's memory is: bare tensor bytes + the profile's runtime overhead, or (where `profile
+    --supernet` measured this supernet's exports on this LUT's machine) the fit of the ΔRSS `bench` reports."""
+    from fine_deploy.planner.costs import calibration_for
+
+    mem = (calibration_for(table, sn.content_hash) or {}).get("memory")
+    if mem:
+        return {"calibrated": True, "measure": mem.get("measure"), "coefficients": mem["coefficients"],
+                "fit_median_abs_rel_error": mem.get("median_abs_rel_error"), "margin": mem.get("margin_applied"),
+                "note": None}
+    sn_opt = "" if supernet is None or str(supernet) == "default" else f" --supernet {supernet}"
+    return {"calibrated": False, "measure": None, "coefficients": None, "fit_median_abs_rel_error": None,
+            "margin": None, "note": "memory is the bare tensor bytes plus the runtime's own; a runtime holds more "
+                                    f"(pre-packed weights, arenas): `fine-deploy profile --device {device}{sn_opt}` "
+                                    "measures it" if device == "host" else None}
+
+
 def _min_feasible(space: Space, budget: Budget) -> str:
     """The smallest budget that would work, each relaxed alone with the other limits kept."""
     lim = budget.limits()
@@ -471,6 +488,7 @@ def plan(
     cost_rec = {**cost.describe(), "end_to_end_calibration": space.notes["end_to_end_calibration"]}
     cost_rec["precision"] = precision_record(cost, table, precision, candidates, left_out, bases)
     cost_rec["latency_protocol"] = latency_protocol(table, sn, prof.name, supernet)
+    cost_rec["memory_model"] = memory_model(table, sn, prof.name, supernet)
     p = make_plan(sn, space, sol, budget, device_rec, quality, objective, name,
                   {"batch": batch, "resolution": res, "dtype": cost.dtype}, cost_rec)
     if len(bases) > 1:

@@ -74,6 +74,13 @@ class Predictor:
         blocks = values["depth"] if "depth" in values else 0
         return {"layers": own, "around": around, "blocks": float(blocks), "fixed": 1.0}
 
+    def memory_terms(self, config: dict[str, Any], forms: dict[str, str] | None = None) -> dict[str, float]:
+        """The subnet's model memory split into the memory fit's terms (planner.costs.MEMORY_TERMS), priced on
+        this space: parameter bytes, the largest layer's activation bytes, and 1 for the constant."""
+        parts = self.evaluate(config, forms).parts
+        return {"parameters": parts["weights"] + parts["bases"] + parts["dense"],
+                "activations": parts["activations"], "fixed": 1.0}
+
     def random_subnets(self, n: int, seed: int = 0) -> list[tuple[dict[str, Any], dict[str, str]]]:
         """`n` feasible random subnets (each knob uniform over its options), each in its fastest forms."""
         rng = random.Random(seed)

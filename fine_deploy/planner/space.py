@@ -90,6 +90,8 @@ class Space:
     # pairs of (knob, value) that cannot be chosen together (a width clash that drops a shortcut)
     forbidden: list[tuple[tuple[str, int], tuple[str, int]]] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    # what a model's session holds beyond its tensors (thread pool, arena), from the measured memory fit
+    session_bytes: float = 0.0
 
     def knob(self, name: str) -> Knob:
         for k in self.knobs:
@@ -116,7 +118,8 @@ class Evaluation:
     forms: dict[str, str]
     # memory split, each >= 0 and summing to memory_bytes: weights (factorised layers, each in its form),
     # bases (shared bases, once each), dense (the other parameters), activations (the largest layer's),
-    # runtime_overhead (the runtime's own)
+    # session (a model's session beyond its tensors: 0 unless a memory fit measured it), runtime_overhead
+    # (the runtime's own)
     parts: dict[str, float] = field(default_factory=dict)
 
 
@@ -174,11 +177,11 @@ def evaluate(space: Space, values: dict[str, int], forms: dict[str, str]) -> Eva
         if o.basis:
             used_bases.add(o.basis)
     bases = sum(space.bases[b] for b in used_bases)
-    total = dense + weights + bases + act + space.const_bytes
+    total = dense + weights + bases + act + space.session_bytes + space.const_bytes
     return Evaluation(
         feasible, loss, lat + space.const_latency_s, total, chosen,
         {"weights": weights, "bases": bases, "dense": dense, "activations": act,
-         "runtime_overhead": space.const_bytes},
+         "session": space.session_bytes, "runtime_overhead": space.const_bytes},
     )
 
 
