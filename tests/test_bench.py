@@ -122,3 +122,12 @@ def test_cli_bench(models: tuple[Path, Path], tmp_path: Path) -> None:
     bad = runner.invoke(app, ["bench", str(tmp_path / "nope.onnx")])
     assert bad.exit_code == 2
     assert "fine-deploy: error:" in bad.output and "does not exist" in bad.output
+
+
+def test_labels_keep_an_export_folder_name_with_dots(tmp_path: Path) -> None:
+    from fine_deploy.bench.run import _labels
+
+    for name in ("e1.2ms", "e0.8ms"):
+        (tmp_path / name).mkdir()
+    f = write_matmul_chain(tmp_path / "m.v2.onnx", 1, 8)
+    assert _labels([tmp_path / "e1.2ms", tmp_path / "e0.8ms", f, f]) == ["e1.2ms", "e0.8ms", "m.v2", "m.v2#2"]

@@ -80,7 +80,7 @@ def _labels(paths: Sequence[Path]) -> list[str]:
     """Short unique names: the artifact's directory or file stem, suffixed when repeated."""
     names: list[str] = []
     for p in paths:
-        base = p.stem if p.is_file() or p.suffix else p.name
+        base = p.name if p.is_dir() else p.stem  # an export folder's name may hold dots ("e1.2ms")
         name, k = base, 2
         while name in names:
             name, k = f"{base}#{k}", k + 1

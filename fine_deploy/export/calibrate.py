@@ -180,6 +180,13 @@ def _line(c: dict[str, float]) -> str:
             f"+ {c['fixed'] * 1e6:.0f} us")
 
 
+def _memory_line(m: dict[str, Any]) -> str:
+    c = m["coefficients"]
+    return (f"{c['parameters']:.2f} x parameter bytes + {c['activations']:.2f} x activation bytes + "
+            f"{c['fixed'] / 2**20:.1f} MiB, raised by {m['margin_applied']:.1%}; median error "
+            f"{m['median_abs_rel_error']:.1%}")
+
+
 def profile_supernet(device: str, output: Path | None = None, *, runtime: str | None = None,
                      supernet: Path | None = None, resume: bool = True, points: int = 24) -> dict[str, Any] | None:
     """`fine-deploy profile`: the LUT of the supernet's layer choices, then (ONNX Runtime CPU) its end-to-end fit."""
@@ -204,6 +211,7 @@ def profile_supernet(device: str, output: Path | None = None, *, runtime: str | 
         f"whole subnets of {'the default supernet' if supernet is None else supernet}: {cal['subnets']} exported and "
         f"timed ({describe_protocol(PREDICTION)}); fit: {_line(cal['coefficients'])}, raised by "
         f"{cal['margin_applied']:.1%}; median error of the fit "
-        f"{cal['median_abs_rel_error']:.1%}. `plan` prices this supernet with it"
+        f"{cal['median_abs_rel_error']:.1%}. Their memory (ΔRSS, as bench measures it): "
+        f"{_memory_line(cal['memory'])}. `plan` prices this supernet with both"
     )
     return cal
