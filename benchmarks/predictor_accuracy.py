@@ -13,6 +13,9 @@ UNet2DConditionModel (stock diffusers models with random weights, converted by `
    baselines fitted on the same calibration subnets the profile measured: a constant (their mean) and
    latency = a x MACs + b (MACs of the folded subnet, torch's flop counter).
 
+5. memory: each export's ΔRSS as `bench` measures it (runtime.rss), against the plan's memory less the
+   runtime's own, on profile --supernet's memory fit and as bare tensor bytes (reported, not in the target).
+
 Target (issue 15): >= 95% of subnets within +-10%, truth's test-retest >= 95%, beating MAC-linear.
 
     python benchmarks/predictor_accuracy.py [--subnets 40] [--work DIR] [--json ...]
@@ -78,6 +81,11 @@ def folded_macs(sn, cfg: dict, forms: dict) -> float:
     return fc.get_total_flops() / 2.0
 
 
+def model_bytes(ev) -> float:
+    """A plan's memory less the runtime's own: what bench's ΔRSS measures."""
+    return float(ev.memory_bytes - ev.parts["runtime_overhead"])
+
+
 def truth(dirs: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """`bench`'s statistic of every export, two passes (each all exports interleaved)."""
     return np.array(bench_medians(dirs)), np.array(bench_medians(dirs))
@@ -88,7 +96,7 @@ def within(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def study(name: str, src: Path | None, work: Path, n: int, seed: int, env: dict) -> dict:
-    from fine_deploy.export.calibrate import calibration_subnets, export_subnets
+    from fine_deploy.export.calibrate import calibration_subnets, export_subnets, measure_memory
     from fine_deploy.planner.predict import load_predictor
     from fine_deploy.supernet.core import load_supernet
 
@@ -114,6 +122,10 @@ def study(name: str, src: Path | None, work: Path, n: int, seed: int, env: dict)
     a, b = truth(dirs)
     y = (a + b) / 2
     ours = np.array([pred.latency_s(c, f) for c, f in picks])
+    # memory: bench's ΔRSS of each export against the plan's memory less the runtime's own, calibrated and bare
+    mem = measure_memory(dirs)
+    ours_mem = np.array([model_bytes(pred.evaluate(c, f)) for c, f in picks])
+    bare_mem = np.array([model_bytes(raw.evaluate(c, f)) for c, f in picks])
     cal_y = np.array(cal["measured_s"])
     cal_macs = np.array([folded_macs(sn, c, f) for c, f in cal_picks])
     macs = np.array([folded_macs(sn, c, f) for c, f in picks])
@@ -129,9 +141,16 @@ def study(name: str, src: Path | None, work: Path, n: int, seed: int, env: dict)
                          "mac_linear": within(slope * macs + icpt, y)},
         "median_abs_rel_error": {"planner": float(np.median(np.abs(ours / y - 1))),
                                  "mac_linear": float(np.median(np.abs((slope * macs + icpt) / y - 1)))},
+        "memory": {"memory_calibrated": bool(pred.space.notes.get("memory_calibration")),
+                   "within_10pct": {"planner": within(ours_mem, mem), "bare_bytes": within(bare_mem, mem)},
+                   "median_abs_rel_error": {"planner": float(np.median(np.abs(ours_mem / mem - 1))),
+                                            "bare_bytes": float(np.median(np.abs(bare_mem / mem - 1)))},
+                   "over_predicted_share": float(np.mean(ours_mem >= mem))},
         "rows": [{"subnet": c, "measured_s": float(m), "pass1_s": float(p1), "pass2_s": float(p2),
-                  "planner_s": float(o), "macs": float(k)}
-                 for (c, _), m, p1, p2, o, k in zip(picks, y, a, b, ours, macs, strict=True)],
+                  "planner_s": float(o), "macs": float(k), "rss_increase_bytes": float(r),
+                  "planner_memory_bytes": float(om), "bare_memory_bytes": float(bm)}
+                 for (c, _), m, p1, p2, o, k, r, om, bm in zip(picks, y, a, b, ours, macs, mem, ours_mem, bare_mem,
+                                                               strict=True)],
         "range_s": [float(y.min()), float(y.max())],
     }
 
@@ -160,7 +179,11 @@ def main() -> int:
     retest = float(sum(r["test_retest_within_10pct"] * r["subnets"] for r in results) / n)
     summary = {"subnets": n, "supernets": len(results), "planner_within_10pct": pooled("planner"),
                "mac_linear_within_10pct": pooled("mac_linear"), "constant_within_10pct": pooled("constant"),
-               "test_retest_within_10pct": retest}
+               "test_retest_within_10pct": retest,
+               "memory_planner_within_10pct": float(sum(r["memory"]["within_10pct"]["planner"] * r["subnets"]
+                                                        for r in results) / n),
+               "memory_bare_bytes_within_10pct": float(sum(r["memory"]["within_10pct"]["bare_bytes"] * r["subnets"]
+                                                           for r in results) / n)}
     ok = (summary["planner_within_10pct"] >= TARGET and retest >= TARGET
           and summary["planner_within_10pct"] > summary["mac_linear_within_10pct"] and n >= 100)
 
@@ -168,18 +191,23 @@ def main() -> int:
     from rich.table import Table
 
     table = Table(title="whole exported subnets: share predicted within ±10% of bench's median (1 thread)")
-    for c in ("supernet", "subnets", "range", "test-retest", "planner", "MAC-linear", "constant", "planner |err| med"):
+    for c in ("supernet", "subnets", "range", "test-retest", "planner", "MAC-linear", "constant", "planner |err| med",
+              "memory: planner", "bare bytes", "|err| med"):
         table.add_column(c, justify="left" if c == "supernet" else "right")
     for r in results:
         w = r["within_10pct"]
         table.add_row(r["supernet"]["name"], str(r["subnets"]),
                       f"{r['range_s'][0] * 1e3:.2f}–{r['range_s'][1] * 1e3:.2f} ms",
                       f"{r['test_retest_within_10pct']:.0%}", f"{w['planner']:.0%}", f"{w['mac_linear']:.0%}",
-                      f"{w['constant']:.0%}", f"{r['median_abs_rel_error']['planner']:.1%}")
+                      f"{w['constant']:.0%}", f"{r['median_abs_rel_error']['planner']:.1%}",
+                      *(f"{r['memory']['within_10pct'][k]:.0%}" for k in ("planner", "bare_bytes")),
+                      f"{r['memory']['median_abs_rel_error']['planner']:.1%}")
     Console().print(table)
     print(f"all {n}: planner {summary['planner_within_10pct']:.1%}, "
           f"MAC-linear {summary['mac_linear_within_10pct']:.1%}, constant {summary['constant_within_10pct']:.1%}, "
-          f"test-retest {retest:.1%} -> {'MET' if ok else 'NOT MET'}")
+          f"test-retest {retest:.1%} -> {'MET' if ok else 'NOT MET'}; memory (bench's ΔRSS): planner "
+          f"{summary['memory_planner_within_10pct']:.1%} within ±10%, bare tensor bytes "
+          f"{summary['memory_bare_bytes_within_10pct']:.1%}")
 
     from fine_deploy.fileio import atomic_write_json
 
@@ -191,7 +219,10 @@ def main() -> int:
         "protocol": {"truth": "fine-deploy bench (fine_deploy.bench.run.bench) at the plans' protocol: 1 intra-op "
                               "thread, median wall time of 150 runs in turns of 10, a supernet's subnets interleaved; "
                               "mean of two passes", "tolerance": TOL,
-                     "baselines": "fitted on the profile's own calibration subnets (not on the scored set)"},
+                     "baselines": "fitted on the profile's own calibration subnets (not on the scored set)",
+                     "memory": "bench's ΔRSS (runtime.rss: a fresh process per export, 1 thread) against the plan's "
+                               "memory less the runtime's own: the planner's (on profile --supernet's memory fit) and "
+                               "the bare tensor bytes (no fit)"},
         "targets": {"within_10pct": TARGET, "test_retest": TARGET},
         "wall_s": time.perf_counter() - t0, "load_average": loads, "summary": summary, "supernets": results,
     })
