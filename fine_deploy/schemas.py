@@ -202,7 +202,9 @@ LUT = Contract(
     name="LUT", fix="re-run `fine-deploy profile`", schema=2,
     required={"device": str, "runtime": str, "fingerprint": dict, "runtime_versions": dict, "session": dict,
               "protocol": dict, "empty_run_s": Number, "entries": dict, "boundaries": dict, "calibration": dict,
-              "roofline": dict, "memory": dict, "complete": bool},
+              "roofline": dict, "complete": bool},
+    # a layer-chain memory fit that plan never read; LUTs written before its removal still load
+    optional={"memory": dict},
 )
 
 MANIFEST = Contract(

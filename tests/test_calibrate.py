@@ -32,8 +32,8 @@ def lut_of(dit_supernet, tmp_path_factory):
     shutil.copy(REPO_PROFILES / "host.yaml", d / "host.yaml")
     shapes, ranks = supernet_choices(dit_supernet)
     path = d / "lut.json"
-    profile("host", path, shapes=shapes, ranks=ranks, protocol=FAST_LAYERS, calibration_subnets=0,
-            memory_subnets=0, profiles=d, show_progress=False)
+    profile("host", path, shapes=shapes, ranks=ranks, protocol=FAST_LAYERS, calibration_subnets=0, profiles=d,
+            show_progress=False)
     return path
 
 

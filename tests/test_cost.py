@@ -1,4 +1,4 @@
-"""Shapes, kernel-form arithmetic, graphs, roofline, memory model, LUT schema and the predictor."""
+"""Shapes, kernel-form arithmetic, graphs, roofline, LUT schema and the predictor."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pytest
 
 from fine_deploy.cost.graphs import LayerChoice, build_chain
 from fine_deploy.cost.lut import Lut, LutEntry, check_compatible, load_lut
-from fine_deploy.cost.memory import predict_memory
 from fine_deploy.cost.predictor import layer_cost
 from fine_deploy.cost.profiles import load_profile
 from fine_deploy.cost.roofline import Roofline, fit_roofline, layer_traffic, roofline_seconds
@@ -117,19 +116,6 @@ def test_roofline_fit_stays_finite_on_noisy_few_entries():
         assert all(math.isfinite(v) and v > 0 for v in (fit.peak_flops, fit.bandwidth, fit.per_kernel_s))
 
 
-def test_memory_counts_shared_bases_once_and_peak_activations():
-    shared = [LayerChoice(CONV, "shared_basis", 8)] * 3
-    pred = predict_memory(build_chain(shared))
-    # one basis (8 x 32*9 + 32 x 8) plus three sigma vectors, fp32
-    assert pred.weight_bytes == 4 * (8 * 288 + 32 * 8 + 3 * 8)
-    lowrank = predict_memory(build_chain([LayerChoice(CONV, "low_rank", 8)] * 3))
-    assert lowrank.weight_bytes == 3 * 4 * (8 * 288 + 32 * 8)
-    # peak: a conv's input (32 channels) and its rank-8 intermediate, 16x16 fp32; x dies after its last reader
-    assert pred.activation_bytes == 4 * 256 * (32 + 8)
-    dense = predict_memory(build_chain([LayerChoice(CONV)] * 3))
-    assert dense.activation_bytes == 4 * 256 * (32 + 32)
-
-
 def _tiny_lut(**over) -> Lut:
     e = LutEntry(LIN, "dense", None, form_macs(LIN, "dense"), 65536, 4096, 2e-5, 3e-5, 3e-5)
     lut = Lut(
@@ -154,6 +140,12 @@ def test_lut_round_trips_and_validates(tmp_path):
     lut = load_lut(path)
     assert lut.entries[LayerChoice(LIN).key()].seconds == 2e-5
     data = json.loads(path.read_text())
+    # a LUT written while profile still fitted memory on layer chains loads; a mistyped one is refused
+    path.write_text(json.dumps({**data, "memory": {"coefficients": {"session": 1.0}}}))
+    assert load_lut(path).entries.keys() == lut.entries.keys()
+    path.write_text(json.dumps({**data, "memory": [1]}))
+    with pytest.raises(FineDeployError, match="memory"):
+        load_lut(path)
     data["entries"][LayerChoice(LIN).key()]["raw_s"] = -1
     path.write_text(json.dumps(data))
     with pytest.raises(FineDeployError, match="non-positive"):
@@ -184,37 +176,6 @@ def test_predictor_says_which_source_each_layer_used():
     assert sum(c.seconds for c in spec) < sum(c.seconds for c in pred)  # an H100's spec roofline beats a CPU
 
 
-def test_memory_fit_recovers_runtime_factors_and_predicts_with_them():
-    from fine_deploy.cost.memory import fit_memory, memory_features
-
-    truth = {"session": 3e5, "op:Conv": 6e5, "op:Mul": 1.3e5, "conv_weight_bytes": 3.0, "other_weight_bytes": 2.0,
-             "activation_bytes": 1.5}
-    chains = [[LayerChoice(CONV)] * n for n in (1, 2, 3)] + [
-        [LayerChoice(LIN), LayerChoice(LayerShape("linear", 64, 256, 16))] * n for n in (1, 2, 3)
-    ]
-    chains += [[LayerChoice(CONV, "low_rank", 8)] * 4, [LayerChoice(CONV, "shared_basis", 8)] * 2,
-               [LayerChoice(LIN, "shared_basis", 8), LayerChoice(LayerShape("linear", 64, 256, 16))]]
-    samples = []
-    for c in chains:
-        f = memory_features(build_chain(c))
-        samples.append((f, round(sum(truth.get(k, 0.0) * v for k, v in f.items()))))
-    fit = fit_memory(samples)
-    coef = fit["coefficients"]
-    assert fit["median_abs_rel_error"] < 1e-3
-    assert coef["conv_weight_bytes"] == pytest.approx(3.0, rel=0.02)
-    assert coef["other_weight_bytes"] == pytest.approx(2.0, rel=0.02)
-    assert coef["op:Mul"] == pytest.approx(1.3e5, rel=0.05)  # the kernel code a shared basis pages in
-    pred = predict_memory(build_chain([LayerChoice(CONV)] * 5), calibration=fit)
-    assert pred.model_bytes + pred.runtime_bytes == pytest.approx(
-        3e5 + 6e5 + 3.0 * 5 * 4 * 32 * 288 + 1.5 * 4 * 256 * 64, rel=0.01
-    )
-    assert pred.unseen_ops == []
-    # an op type no calibration subnet used is named, not silently priced
-    other = predict_memory(build_chain([LayerChoice(CONV)]), calibration={**fit, "coefficients": {
-        k: v for k, v in coef.items() if k != "op:Conv"}})
-    assert other.unseen_ops == ["Conv"]
-
-
 def test_a_stale_lut_of_this_machine_is_refused_on_load(tmp_path):
     from fine_deploy.cost.lut import load_lut_checked
     from fine_deploy.runtime import machine_fingerprint
@@ -229,18 +190,3 @@ def test_a_stale_lut_of_this_machine_is_refused_on_load(tmp_path):
         fingerprint={"cpu_model": "ARMv8 Processor rev 1 (v8l)"}, runtime_versions={"onnxruntime": "0.1"}
     )
     assert load_lut_checked(elsewhere.save(tmp_path / "jetson.json"))[1] == []
-
-
-def test_calibrated_memory_prediction_takes_the_callers_dims():
-    """Regression: the calibrated path recomputed the activation peak without `dim_values`, so a
-    model with a symbolic dim raised although its dims were given."""
-    chain = [LayerChoice(LIN), LayerChoice(LayerShape("linear", 64, 256, 16))]
-    static = build_chain(chain)
-    symbolic = build_chain(chain)
-    for vi in (*symbolic.graph.input, *symbolic.graph.output):
-        vi.type.tensor_type.shape.dim[0].dim_param = "tokens"  # clears dim_value 16
-    cal = {"coefficients": {"session": 2e5, "op:MatMul": 1e4, "other_weight_bytes": 2.0, "activation_bytes": 1.5}}
-    want = predict_memory(static, calibration=cal)
-    got = predict_memory(symbolic, dim_values={"tokens": 16}, calibration=cal)
-    assert got.activation_bytes == want.activation_bytes > 0
-    assert got.total_bytes == want.total_bytes

@@ -159,7 +159,7 @@ def _lut_file(path: Path) -> None:
     Lut(device="host", runtime="onnxruntime-cpu", fingerprint={"cpu_model": "x", "id": "abc"},
         runtime_versions={"onnxruntime": "1.0"}, session={"threads": 1}, protocol={"rounds": 4},
         empty_run_s=1e-5, entries=entries, boundaries={"1x16x64": 1e-6}, calibration={"fixed_s": 1e-5},
-        roofline={"peak": 1e10}, memory={"factor": 1.0}, complete=True).save(path)
+        roofline={"peak": 1e10}, complete=True).save(path)
 
 
 def test_fuzz_lut(scratch):

@@ -38,7 +38,6 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
         ranks={BIG.key(): [4], SMALL.key(): [8]},
         protocol=FAST,
         calibration_subnets=3,
-        memory_subnets=12,  # 6 (the least a fit takes) leaves weight and activation bytes confounded
         profiles=profiles,
         show_progress=False,
     )
@@ -52,9 +51,7 @@ def test_tiny_lut_is_measured_and_ordered_by_flops(profiles, tmp_path):
     assert reread.protocol["estimator"] == "min" and reread.protocol["threads"] == 1
     assert reread.runtime_versions["onnxruntime"] and reread.fingerprint["id"]
     assert reread.session["providers"] == ["CPUExecutionProvider"]
-    # ONNX Runtime holds each weight at least once: a measured factor below 1 would mean a broken fit
-    coef = reread.memory["coefficients"]
-    assert coef["other_weight_bytes"] > 0.8 and reread.memory["fitted_on"] == 12
+    assert "memory" not in json.loads(out.read_text())  # memory is fitted per supernet (export.calibrate)
     pred = layer_cost(LayerChoice(BIG), reread, None)
     assert pred.source == "lut" and pred.seconds > 0
 
@@ -68,7 +65,6 @@ def test_interrupted_profile_resumes(profiles, tmp_path):
         ranks={SMALL.key(): [8]},
         protocol=FAST,
         calibration_subnets=0,
-        memory_subnets=0,
         profiles=profiles,
         show_progress=False,
     )
@@ -85,7 +81,6 @@ def test_interrupted_profile_resumes(profiles, tmp_path):
         ranks={SMALL.key(): [8], BIG.key(): [4]},
         protocol=FAST,
         calibration_subnets=0,
-        memory_subnets=0,
         profiles=profiles,
         show_progress=False,
     )
@@ -176,7 +171,7 @@ def test_plan_refuses_an_interrupted_profile(profiles, tmp_path):
 
     out = tmp_path / "in" / "lut.json"
     profile("host", out, shapes=[SMALL], ranks={SMALL.key(): [8]}, protocol=FAST, calibration_subnets=0,
-            memory_subnets=0, profiles=profiles, show_progress=False)
+            profiles=profiles, show_progress=False)
     data = json.loads(out.read_text())
     data["complete"] = False
     out.write_text(json.dumps(data))

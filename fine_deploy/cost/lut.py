@@ -66,7 +66,6 @@ class Lut:
     # fixed overhead of a whole model beyond the empty run, fitted on end-to-end subnet timings
     calibration: dict[str, Any] = field(default_factory=dict)
     roofline: dict[str, Any] = field(default_factory=dict)  # calibrated roofline parameters
-    memory: dict[str, Any] = field(default_factory=dict)  # runtime memory factors (memory.fit_memory)
     complete: bool = False
     schema: int = SCHEMA
 
@@ -84,7 +83,6 @@ class Lut:
             "boundaries": dict(sorted(self.boundaries.items())),
             "calibration": self.calibration,
             "roofline": self.roofline,
-            "memory": self.memory,
             "complete": self.complete,
         }
 
@@ -126,7 +124,6 @@ def validate_lut_dict(data: Any, where: str = "LUT") -> Lut:
         boundaries={str(k): float(v) for k, v in data["boundaries"].items()},
         calibration=data["calibration"],
         roofline=data["roofline"],
-        memory=data["memory"],
         complete=data["complete"],
         schema=data["schema"],
     )

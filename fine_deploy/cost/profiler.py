@@ -245,27 +245,6 @@ def fit_costs(lut: Lut, chains: list[list[LayerChoice]], seconds: list[float], r
     }
 
 
-def calibrate_memory(
-    shapes: list[LayerShape], subnets: int, workdir: Path, seed: int = 0, ranks: dict[str, list[int]] | None = None
-) -> dict[str, Any]:
-    """Measure the RSS increase of a few random subnets over their empty graph and fit the memory model."""
-    from fine_deploy.cost.memory import fit_memory, memory_features
-    from fine_deploy.runtime.rss import median_session_rss
-
-    rng = random.Random(seed + 1)
-    samples, empties = [], {}
-    for i in range(subnets):
-        chain = random_chain(shapes, rng, ranks=ranks)
-        model = build_chain(chain, seed=i)
-        key = dims_key(input_dims(chain[0].shape))
-        if key not in empties:
-            onnx.save(build_identity(chain[0].shape), workdir / f"mem-empty-{key}.onnx")
-            empties[key] = median_session_rss(workdir / f"mem-empty-{key}.onnx")
-        onnx.save(model, workdir / f"mem{i}.onnx")
-        samples.append((memory_features(model), median_session_rss(workdir / f"mem{i}.onnx") - empties[key]))
-    return {**fit_memory(samples), "seed": seed}
-
-
 def profile(
     device: str = "host",
     output: str | os.PathLike | None = None,
@@ -275,7 +254,6 @@ def profile(
     runtime: str | None = None,
     protocol: Protocol | None = None,
     calibration_subnets: int | None = None,
-    memory_subnets: int = 48,
     resume: bool = True,
     profiles: str | os.PathLike | None = None,
     show_progress: bool = True,
@@ -348,8 +326,6 @@ def profile(
         if calibration_subnets:
             lut.calibration = fit_in_model(timer, lut, shapes, calibration_subnets, ranks=ranks)
         bar.advance(task, calibration_subnets)
-        if memory_subnets and backend == "onnxruntime-cpu":
-            lut.memory = calibrate_memory(shapes, memory_subnets, Path(tmp), ranks=ranks)
     lut.roofline = fit_roofline(list(lut.entries.values())).to_dict()
     lut.complete = True
     lut.save(path)

@@ -6,7 +6,8 @@ the allocator kept: ΔRSS read ≈ 40 MiB for whichever model came first and ≈
 model is measured in a fresh Python process of its own (≈ 0.5 s), after a throwaway session has paid the
 runtime's set-up: ΔRSS is then the model's own weights, arena and first-run buffers. A forked child was
 tried and rejected: it inherits the parent's heap, whose free lists depend on what the parent ran before
-(ΔRSS 33 vs 14 MiB for one model). `profile`'s memory model, `bench` and the host probe all read it here.
+(ΔRSS 33 vs 14 MiB for one model). `profile --supernet`'s memory fit (export.calibrate), `bench` and the
+host probe all read it here.
 """
 
 from __future__ import annotations
@@ -118,21 +119,6 @@ def session_memory(
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return dict(NONE), tail[:200]
     return json.loads(lines[-1]), None
-
-
-def session_rss(path: str | os.PathLike) -> int:
-    """ΔRSS of one ONNX model on ONNX Runtime CPU (1 thread), measured in a fresh process; raises on failure."""
-    out, error = session_memory(path)
-    if error is not None or out["rss_increase_bytes"] is None:
-        raise FineDeployError(f"measuring the memory of {Path(path).name} failed: {error}")
-    return int(out["rss_increase_bytes"])
-
-
-def median_session_rss(path: str | os.PathLike, repeats: int = 3) -> int:
-    """session_rss over `repeats` fresh processes, median (an occasional one reads ~150 KiB more)."""
-    import numpy as np
-
-    return int(np.median([session_rss(path) for _ in range(repeats)]))
 
 
 def runtime_rss_bytes() -> int:
